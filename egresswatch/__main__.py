@@ -1,0 +1,3 @@
+from egresswatch.cli import entry
+
+entry()

@@ -1,0 +1,231 @@
+"""The ``egresswatch`` command: a click group that only wires parts together."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, NoReturn
+
+import click
+
+from egresswatch import __version__
+from egresswatch.errors import EXIT_INPUT, EXIT_OK, EgressWatchError
+from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter
+from probes.errors import CaptureError, ProbeError
+from probes.observation import Observation
+from probes.sensor import Sensor
+
+
+class OutputFormat(enum.StrEnum):
+    """Formats of an Observation stream."""
+
+    JSONL = "jsonl"
+    TABLE = "table"
+
+
+def _writer(fmt: OutputFormat, stream: IO[str]) -> ObservationWriter:
+    if fmt is OutputFormat.JSONL:
+        return JsonlWriter(stream)
+    return TableWriter(stream, color=stream.isatty())
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"egresswatch: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="egresswatch")
+def main() -> None:
+    """Where does our code go? Watch TLS SNI, QUIC SNI and DNS leaving this machine."""
+
+
+@main.command()
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in OutputFormat]),
+    default=OutputFormat.JSONL.value,
+    show_default=True,
+    help="jsonl: one Observation per line (DESIGN.md contract); table: aligned columns.",
+)
+@click.option(
+    "--stats/--no-stats",
+    default=None,
+    help="Print packet and parser counters to stderr at the end (default: when stderr is a "
+    "terminal).",
+)
+def replay(files: tuple[Path, ...], fmt: str, stats: bool | None) -> None:
+    """Analyse pcap/pcapng FILES as if the traffic were live.
+
+    Streams: observations are written as they complete and memory stays flat however large
+    the files. Exit 3 when a file cannot be read (after writing what it held before the damage).
+    """
+    from probes.capfile import open_capture
+
+    out = click.get_text_stream("stdout")
+    writer = _writer(OutputFormat(fmt), out)
+    sensor = Sensor()
+    errors: list[str] = []
+    show_progress = sys.stderr.isatty() and not out.isatty()
+    totals = {"packets": 0, "damaged": 0}
+
+    def frames() -> Iterator[tuple[float, int, bytes]]:
+        for path in files:
+            try:
+                reader = open_capture(path)
+            except CaptureError as exc:
+                errors.append(f"{path}: {exc}")
+                continue
+            with reader:
+                try:
+                    if show_progress:
+                        yield from _with_progress(reader, path)
+                    else:
+                        yield from reader
+                except CaptureError as exc:
+                    errors.append(f"{path}: {exc}")
+                finally:
+                    totals["packets"] += reader.packets
+                    totals["damaged"] += reader.damaged
+
+    try:
+        for obs in sensor.run(frames()):
+            writer.write(obs)
+    except BrokenPipeError:
+        # `egresswatch replay big.pcap | head` is normal use, not an error.
+        _quiet_broken_pipe()
+        sys.exit(EXIT_OK)
+    finally:
+        try:
+            writer.close()
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+    if stats or (stats is None and sys.stderr.isatty()):
+        counters = {**totals, **sensor.stats()}
+        click.echo(json.dumps(counters, sort_keys=True), err=True)
+    for message in errors:
+        click.echo(f"egresswatch: error: {message}", err=True)
+    if errors:
+        sys.exit(EXIT_INPUT)
+
+
+def _with_progress(reader: object, path: Path) -> Iterator[tuple[float, int, bytes]]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from probes.capfile import CaptureReader
+
+    assert isinstance(reader, CaptureReader)
+    size = path.stat().st_size
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(path.name, total=size)
+        for n, record in enumerate(reader):
+            yield record
+            if not n & 0x3FFF:
+                progress.update(task, completed=reader.bytes_read)
+
+
+def _quiet_broken_pipe() -> None:
+    # Python would print an error at exit when flushing stdout into a closed pipe.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+@main.command()
+@click.option(
+    "--interface",
+    "-i",
+    "interfaces",
+    multiple=True,
+    metavar="NAME",
+    help="Interface to capture on; repeatable. Default: all interfaces.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in OutputFormat]),
+    default=OutputFormat.TABLE.value,
+    show_default=True,
+    help="How observations are printed as they happen.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this many seconds (default: run until interrupted).",
+)
+def run(interfaces: tuple[str, ...], fmt: str, duration: float | None) -> None:
+    """Capture live and print every observation as it happens (needs root or CAP_NET_RAW).
+
+    A kernel BPF filter passes only handshakes, DNS and what reassembly needs, so bulk
+    transfers never reach Python. Stops on Ctrl-C or SIGTERM and prints its counters.
+    """
+    from probes.live import LiveCapture
+
+    out = click.get_text_stream("stdout")
+    writer = _writer(OutputFormat(fmt), out)
+    try:
+        capture = LiveCapture(list(interfaces) or None)
+    except CaptureError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    sensor = Sensor()
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    where = ", ".join(interfaces) if interfaces else "all interfaces"
+    click.echo(f"egresswatch {__version__}: capturing on {where}; Ctrl-C to stop", err=True)
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while not stopping and (deadline is None or time.monotonic() < deadline):
+            batch = capture.read_batch(0.25)
+            for ts, linktype, frame in batch:
+                for obs in sensor.frame(ts, linktype, frame):
+                    writer.write(obs)
+            if not batch:
+                for obs in sensor.expire(time.time()):
+                    writer.write(obs)
+            writer.close()
+    except ProbeError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    finally:
+        for obs in sensor.finish():
+            _emit(writer, obs)
+        writer.close()
+        capture.close()
+        counters = {**sensor.stats(), **{f"capture.{k}": v for k, v in capture.stats().items()}}
+        click.echo(json.dumps(counters, sort_keys=True), err=True)
+
+
+def _emit(writer: ObservationWriter, obs: Observation) -> None:
+    try:
+        writer.write(obs)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+
+
+def entry() -> None:
+    """Console entry point: every error of the project becomes its documented exit code."""
+    try:
+        main(standalone_mode=True)
+    except EgressWatchError as exc:
+        _fail(str(exc), exc.exit_code)
