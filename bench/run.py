@@ -1,0 +1,122 @@
+"""`make bench`: egresswatch next to the reference tools, in the same run, on the same files.
+
+1. Replay: builds a large mixed capture (bench/out/, cached) and times `egresswatch replay`
+   against `tshark` extracting the same fields (SNI, DNS question and answers) from the same
+   file; prints packets/s, wall time, peak memory and what each found.
+2. Memory: replays a capture four times larger and shows that peak memory stays flat.
+3. Live capture CPU under bulk traffic on a veth pair, next to tcpdump with the same filter
+   (needs root and network namespaces; skipped with a reason otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+sys.path.insert(0, str(REPO))
+
+from bench.synth import write_mixed  # noqa: E402
+
+TSHARK_FIELDS = [
+    "-e", "tls.handshake.extensions_server_name",
+    "-e", "dns.qry.name", "-e", "dns.a", "-e", "dns.aaaa", "-e", "dns.cname",
+]
+
+
+def build(name: str, **kwargs: int) -> tuple[Path, dict[str, int]]:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.pcap"
+    meta = path.with_suffix(".counts")
+    if not path.exists() or not meta.exists():
+        started = time.perf_counter()
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            counts = write_mixed(fh, **kwargs)
+        tmp.rename(path)
+        meta.write_text(repr(counts))
+        print(f"  built {path.name}: {counts['packets']:,} packets, "
+              f"{path.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - started:.1f} s")
+    counts = eval(meta.read_text())  # our own file, written above
+    return path, counts
+
+
+def measure(cmd: list[str]) -> tuple[float, float, bytes]:
+    """Wall seconds, peak RSS in MB, and stdout of ``cmd``."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = b""
+    assert proc.stdout is not None
+    chunks = []
+    while chunk := proc.stdout.read(1 << 20):
+        chunks.append(chunk)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    out = b"".join(chunks)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed with status {os.waitstatus_to_exitcode(status)}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+def replay_bench(size: str) -> None:
+    scale = {"small": 1, "medium": 4, "large": 10}[size]
+    path, counts = build(f"mixed-{scale}x", connections=1000 * scale, quic_connections=100 * scale,
+                         dns_exchanges=500 * scale)
+    packets = counts["packets"]
+    egress = [str(REPO / ".venv" / "bin" / "egresswatch"), "replay", "--format", "jsonl",
+              "--no-stats", str(path)]
+    ew_wall, ew_rss, ew_out = measure(egress)
+    ew_lines = ew_out.decode().splitlines()
+    import json
+
+    ew_obs = [json.loads(line) for line in ew_lines]
+    ew_tls = sum(1 for o in ew_obs if o["kind"] == "tls")
+    ew_quic = sum(1 for o in ew_obs if o["kind"] == "quic")
+    ew_dns = sum(1 for o in ew_obs if o["kind"] == "dns")
+    rows = [("egresswatch replay", ew_wall, ew_rss, f"tls={ew_tls} quic={ew_quic} dns={ew_dns}")]
+    if shutil.which("tshark"):
+        tshark = ["tshark", "-n", "-r", str(path), "-Y", "tls.handshake.type == 1 || dns",
+                  "-T", "fields", *TSHARK_FIELDS]
+        ts_wall, ts_rss, ts_out = measure(tshark)
+        ts_sni = sum(1 for line in ts_out.decode().splitlines() if line.split("\t")[0])
+        rows.append(("tshark -Y ... -T fields", ts_wall, ts_rss, f"sni lines={ts_sni}"))
+    else:
+        print("  tshark not found: apt install tshark to compare")
+    print(f"\n  capture: {path.name}, {packets:,} packets, {path.stat().st_size / 1e6:,.0f} MB; "
+          f"written: tls={counts['tls']} (out of order {counts['tls_out_of_order']}) "
+          f"quic={counts['quic']} dns={counts['dns']}")
+    print(f"  {'tool':<26}{'wall s':>9}{'packets/s':>13}{'peak MB':>10}   found")
+    for name, wall, rss, found in rows:
+        print(f"  {name:<26}{wall:>9.2f}{packets / wall:>13,.0f}{rss:>10.0f}   {found}")
+    if len(rows) == 2:
+        print(f"  speed-up over tshark: {rows[1][1] / rows[0][1]:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-live", action="store_true", help="skip the live-capture CPU bench")
+    parser.add_argument("--sizes", default="small,medium", help="replay capture sizes: small,medium,large")
+    args = parser.parse_args()
+    print("== replay throughput and memory, egresswatch vs tshark ==")
+    for size in args.sizes.split(","):
+        replay_bench(size)
+    if args.skip_live:
+        return
+    print("\n== live capture CPU under bulk traffic, egresswatch vs tcpdump (same BPF filter) ==")
+    live = REPO / "bench" / "live_cpu.py"
+    if os.geteuid() != 0:
+        print("  skipped: needs root for packet sockets and network namespaces")
+    elif not live.exists():
+        print("  skipped: bench/live_cpu.py is missing")
+    else:
+        subprocess.run([sys.executable, str(live)], check=False)
+
+
+if __name__ == "__main__":
+    main()
