@@ -7,6 +7,7 @@ its own.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -93,7 +94,7 @@ class Cursor:
         """Skip ``n`` bytes."""
         self._need(n)
 
-    def rest(self) -> bytes:
+    def rest(self) -> builtins.bytes:
         """Read everything up to :attr:`end`."""
         return self.bytes(self._end - self.pos)
 
