@@ -54,13 +54,16 @@ class Observation:
     qtype: str | None = None
     """DNS question type mnemonic, e.g. ``A``, ``AAAA``, ``HTTPS`` (dns)."""
     answers: tuple[str, ...] = ()
-    """A/AAAA addresses and CNAME targets of the response, in answer order (dns)."""
+    """A/AAAA addresses and CNAME targets in the response, in wire order, every section (dns)."""
     tls_versions: tuple[str, ...] = ()
     """TLS versions offered in supported_versions, e.g. ``("1.3", "1.2")`` (tls, quic)."""
     quic_version: str | None = None
     """QUIC version of the Initial packet as hex, e.g. ``0x00000001`` (quic)."""
     ech_config: bool = False
     """An HTTPS/SVCB answer carried an ECH config for ``qname`` (dns)."""
+    resolved: tuple[str, ...] = ()
+    """The answers that serve ``qname`` (its CNAME chain in the answer section), for naming
+    later connections; glue and unrelated records are left out (dns)."""
     rcode: str | None = None
     """DNS response code, e.g. ``NOERROR``, ``NXDOMAIN``; ``None`` when no response was seen."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -85,6 +88,7 @@ class Observation:
             "tls_versions": list(self.tls_versions),
             "quic_version": self.quic_version,
             "ech_config": self.ech_config,
+            "resolved": list(self.resolved),
             "rcode": self.rcode,
         }
         out.update(self.extra)

@@ -5,8 +5,9 @@ One :class:`Sensor` owns the decoder and the three protocol trackers and routes 
 * TCP -> :class:`probes.tcp.TcpReassembler`, which completes ClientHellos and DNS-over-TCP
   messages;
 * UDP port 53 -> :class:`probes.dns.DnsTracker` (mDNS and LLMNR are local, not egress);
-* other UDP whose first byte has the QUIC long-header bit -> :class:`probes.quic.QuicTracker`,
-  whose complete CRYPTO stream goes to the same ClientHello parser as TCP.
+* other UDP that starts with a QUIC long header of a version we read ->
+  :class:`probes.quic.QuicTracker`, whose complete CRYPTO stream goes to the same ClientHello
+  parser as TCP; other UDP that is plainly DNS (on a port other than 53) -> the DNS tracker.
 
 It is sans-I/O: the caller feeds ``(ts, linktype, frame)`` from a file or a live socket and
 passes time in through the packets, so replaying a capture and watching live share every line.
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from probes.dns import DNS_PORTS, NOT_EGRESS_PORTS, DnsTracker
+from probes.dns import DNS_PORTS, NOT_EGRESS_PORTS, DnsTracker, looks_like_dns
 from probes.errors import Malformed, MalformedPacket
 from probes.observation import Kind, Observation, Transport, format_ip
 from probes.packet import Packet, PacketDecoder
-from probes.quic import QuicTracker
+from probes.quic import QuicTracker, is_quic_long_header
 from probes.tcp import TcpReassembler
 from probes.tls import ClientHello, read_handshake_client_hello, tls_version_name
 
@@ -93,7 +94,20 @@ class Sensor:
         if dport in NOT_EGRESS_PORTS or sport in NOT_EGRESS_PORTS:
             return
         payload = pkt.payload
-        if not payload or not payload[0] & 0x80:
+        if not is_quic_long_header(payload):
+            # Plain DNS on another port (DNSCrypt fetches its certificate with a TXT query on
+            # 443). The header test first (one question, opcode QUERY, Z clear) keeps the cost
+            # of a full parse off ordinary UDP.
+            if (
+                len(payload) >= 17
+                and payload[4:6] == b"\x00\x01"
+                and not payload[2] & 0x78
+                and not payload[3] & 0x40
+                and looks_like_dns(payload)
+            ):
+                out.extend(
+                    self.dns.message(pkt.ts, pkt.src, sport, pkt.dst, dport, "udp", payload)
+                )
             return
         for initial in self.quic.datagram(pkt.ts, pkt.src, sport, pkt.dst, dport, payload):
             try:
