@@ -1,0 +1,374 @@
+"""The kernel-side capture filter: only handshakes, DNS and what reassembly needs reach Python.
+
+:func:`filter_expression` writes a libpcap filter expression from :class:`FilterSettings`;
+:func:`compile_filter` compiles it with libpcap through scapy for a link type (``DLT_RAW`` for
+the cooked packet socket of :mod:`probes.live`); :func:`attach` hands the program to a socket
+with ``SO_ATTACH_FILTER``. Bulk transfers are rejected in the kernel and never cost a system
+call, a copy or a Python object.
+
+What passes, for IPv4 and IPv6:
+
+- TCP segments with SYN (the reassembler needs the initial sequence number), FIN or RST (the
+  flow ends);
+- TCP segments whose payload starts a TLS handshake record (``16 03 00``..``16 03 04``), on any
+  port and in either direction;
+- client-to-server TCP data, by the port heuristic below, for the segments that carry the rest
+  of a ClientHello longer than one segment (they look like random bytes), up to
+  ``continuation_max`` (16 KiB) per packet;
+- DNS: UDP and TCP with port 53 on either side (``dns_ports``);
+- QUIC long-header datagrams: UDP whose first payload byte has the header-form and fixed bits
+  (``0xc0``) set; ``quic_fixed_bit=False`` asks for the header-form bit (``0x80``) alone;
+- IP fragments (IPv4 MF or a fragment offset; IPv6 with a Fragment header), since a fragment
+  cannot be classified without reassembly.
+
+Every accepted packet is kept whole (:data:`SNAPLEN`, 256 KiB, above any GSO/GRO
+super-packet).
+
+IPv6 is written with ``ip6[...]`` offsets because libpcap's ``tcp[...]`` and ``udp[...]`` index
+IPv4 only. Those offsets hold for the common case of TCP or UDP straight after the fixed 40-byte
+header; an IPv6 packet whose next header is an extension header (Hop-by-Hop, Routing, Fragment,
+Destination Options, AH, Mobility, HIP, Shim6, experimental) is passed whole and left to the
+decoder.
+
+The client-to-server heuristic, and its limits
+==============================================
+
+A continuation segment of a ClientHello carries no marker; the filter keeps TCP segments with
+payload (never bare ACKs) when
+
+- the destination port is one of ``tls_ports`` (443, 8443, 853, 993, 995, ...), or
+- the source port is at or above the bottom of the local ephemeral range
+  (``/proc/sys/net/ipv4/ip_local_port_range``, 32768 by default) and the destination port
+  below it: a client talking to a server.
+
+A download comes from a server port to an ephemeral port and fails both tests, so it stays in
+the kernel. The top of the range is not used: a source port above it is still a client (other
+systems pick from 49152-65535; Windows in a VM behind this host) and a download never matches
+anyway, since its destination port is ephemeral.
+
+Packets longer than ``continuation_max`` (16 KiB) do not pass by this rule. Those are the GSO
+super-packets (up to 64 KB) in which a host hands its own uploads to the network device, and
+which the capture point sees before segmentation. A ClientHello is written in one go, so on the
+host that sends it it is one super-packet starting with its record header (passed by the record
+rule); its continuations are separate packets only on the wire (forwarded or received traffic,
+at most an MTU each) or merged by GRO (only the ClientHello's own tail, since a TLS client sends
+nothing more until the server answers). MEASURED
+
+Limits, each a trade made on purpose:
+
+- **Wire-sized uploads reach Python.** Client-to-server data to a TLS port or from an ephemeral
+  port is indistinguishable from a ClientHello continuation without per-flow state, which a
+  classic BPF program cannot keep. Where uploads are seen as wire-sized segments (a device
+  without TSO/GSO, traffic forwarded from other hosts without GRO), ``git push``, artifact and
+  object-store uploads pass in full and the reassembler drops them after the handshake. (An
+  eBPF program with a flow map could stop this.)
+- **0-RTT and TCP Fast Open.** Data sent right behind a multi-segment ClientHello can be GRO-
+  merged with its tail into one packet over ``continuation_max``, which is then rejected.
+- **Continuations to an unlisted high port are lost.** A TLS server on a port at or above the
+  ephemeral floor and not in ``tls_ports`` (a dev server on 50051, a port-forward on 40000):
+  the first segment passes by its record header, the rest does not. Add the port to
+  ``tls_ports``.
+- **Other clients' ranges.** A client whose ephemeral range starts below this host's floor (an
+  administrator's 1024-65535) to a server port above that floor is not recognised.
+- **Traffic this host serves.** Uploads *to* a server on this host are client-to-server too
+  and pass.
+- **Extension headers and tunnels.** IPv6 with extension headers passes whole; traffic inside
+  GRE, VXLAN, IP-in-IP or IPsec on the outer interface does not pass (capture on the tunnel
+  interface, where it is plain).
+- **Fragments** all pass, in both directions.
+- **QUIC.** Requiring the fixed bit keeps RTP/SRTP media (first byte ``10xxxxxx``) out of
+  Python; a client that greases the QUIC bit (RFC 9287) on its very first Initial would be
+  missed. Handshake, 0-RTT and Retry packets also have the long-header form and pass.
+
+Live-only primitives (``ifindex``, ``outbound``) are added by :func:`live_expression`; they read
+kernel metadata and cannot be tested against a savefile, so the protocol part stays separate
+and is checked with ``tcpdump -r`` in the tests (tests/probes/test_bpf.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from probes.errors import CaptureError
+
+DLT_RAW = 12
+"""libpcap's DLT for raw IPv4/IPv6 on Linux; files record it as LINKTYPE_RAW (101)."""
+DLT_EN10MB = 1
+"""Ethernet."""
+SNAPLEN = 262144
+"""Bytes kept of each accepted packet: tcpdump's default, above any GSO/GRO packet in practice."""
+
+SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
+BPF_MAXINSNS = 4096
+"""The kernel's limit on a classic socket filter."""
+_BPF_RET_K = 0x06
+
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+DEFAULT_EPHEMERAL_RANGE = (32768, 60999)
+
+DEFAULT_TLS_PORTS: tuple[int, ...] = (
+    443,  # HTTPS
+    8443,  # HTTPS, alternate
+    9443,  # HTTPS, alternate
+    4443,  # HTTPS, alternate
+    6443,  # Kubernetes API
+    853,  # DNS over TLS, DNS over QUIC
+    993,  # IMAPS
+    995,  # POP3S
+    465,  # SMTPS
+    587,  # submission (STARTTLS)
+    636,  # LDAPS
+    3269,  # LDAP global catalogue over TLS
+    5061,  # SIP over TLS
+    5223,  # XMPP over TLS, APNs
+    8883,  # MQTT over TLS
+    990,  # FTPS control
+    992,  # telnet over TLS
+    563,  # NNTPS
+)
+"""Destination ports whose client-to-server data always passes (for ClientHello continuations)."""
+
+IPV6_EXTENSION_HEADERS: tuple[int, ...] = (0, 43, 44, 51, 60, 135, 139, 140, 253, 254)
+"""Next-header values after which the fixed ``ip6[40...]`` offsets do not hold (RFC 8200 4,
+RFC 7045): the packet is passed whole. 44 is the Fragment header."""
+
+Instruction = tuple[int, int, int, int]
+"""One classic BPF instruction: ``(code, jt, jf, k)``."""
+
+
+class sock_filter(ctypes.Structure):  # the kernel's name (linux/filter.h)
+    _fields_ = (
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    )
+
+
+class sock_fprog(ctypes.Structure):  # the kernel's name (linux/filter.h)
+    _fields_ = (("len", ctypes.c_uint16), ("filter", ctypes.POINTER(sock_filter)))
+
+
+def local_port_range(path: str | Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The local ephemeral port range, ``(low, high)``; the kernel default when unreadable.
+
+    The file is per network namespace: it is read in the namespace of the calling thread.
+    """
+    try:
+        low, high = (int(part) for part in Path(path).read_text().split())
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL_RANGE
+    if not 0 < low <= high <= 65535:
+        return DEFAULT_EPHEMERAL_RANGE
+    return low, high
+
+
+def _ports(ports: Iterable[int], what: str) -> tuple[int, ...]:
+    out = tuple(sorted(set(ports)))
+    for port in out:
+        if not 0 < port < 65536:
+            msg = f"{what}: port out of range: {port!r}"
+            raise ValueError(msg)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSettings:
+    """What the kernel filter lets through; see the module docstring."""
+
+    tls_ports: Sequence[int] = DEFAULT_TLS_PORTS
+    """Destination ports whose client-to-server data passes (ClientHello continuations)."""
+    ephemeral_floor: int | None = None
+    """Lowest local ephemeral port; ``None`` reads it from ``ip_local_port_range``."""
+    dns_ports: Sequence[int] = (53,)
+    """UDP and TCP ports whose traffic passes in both directions."""
+    continuation_max: int = 16384
+    """Longest packet (IP header on) that passes only by the client-to-server rule."""
+    quic_fixed_bit: bool = True
+    """QUIC long headers must also have the fixed bit (``0x40``); keeps RTP/SRTP out."""
+    extra: str | None = field(default=None)
+    """A libpcap expression ORed in, for anything else the caller wants to see."""
+
+    def __post_init__(self) -> None:
+        _ports(self.tls_ports, "tls_ports")
+        _ports(self.dns_ports, "dns_ports")
+        if not self.dns_ports:
+            msg = "dns_ports: at least one port is needed"
+            raise ValueError(msg)
+        if not 0 < self.continuation_max <= SNAPLEN:
+            msg = f"continuation_max out of range: {self.continuation_max!r}"
+            raise ValueError(msg)
+        if self.ephemeral_floor is not None and not 0 < self.ephemeral_floor < 65536:
+            msg = f"ephemeral_floor out of range: {self.ephemeral_floor!r}"
+            raise ValueError(msg)
+
+
+def _either(field_a: str, field_b: str, ports: Sequence[int]) -> str:
+    return " or ".join(f"{f} = {p}" for p in ports for f in (field_a, field_b))
+
+
+def _any_of(field_: str, values: Sequence[int]) -> str:
+    return " or ".join(f"{field_} = {v}" for v in values)
+
+
+def filter_parts(settings: FilterSettings | None = None) -> tuple[str, str]:
+    """The two halves of the filter: ``(whole, continuation)``.
+
+    ``whole`` passes handshake starts, SYN/FIN/RST, DNS, QUIC long headers, fragments and IPv6
+    with extension headers; ``continuation`` passes client-to-server TCP data by the port
+    heuristic, up to ``continuation_max`` bytes per packet.
+
+    Loads of payload bytes are each guarded by a payload length test that comes first: a classic
+    BPF program that loads past the end of a packet returns 0 at once, which would reject a
+    packet that a later alternative accepts.
+    """
+    s = settings or FilterSettings()
+    floor = s.ephemeral_floor if s.ephemeral_floor is not None else local_port_range()[0]
+    tls = _ports(s.tls_ports, "tls_ports")
+    dns = _ports(s.dns_ports, "dns_ports")
+    quic = 0xC0 if s.quic_fixed_bit else 0x80
+
+    # IPv4: libpcap's tcp[] and udp[] follow the IHL and test the fragment offset themselves.
+    doff4 = "((tcp[12] & 0xf0) >> 2)"
+    paylen4 = f"(ip[2:2] - ((ip[0] & 0x0f) << 2) - {doff4})"
+    record4 = f"({paylen4} > 2 and tcp[{doff4}:2] = 0x1603 and tcp[{doff4} + 2] < 5)"
+    whole4 = (
+        "(ip and ((ip[6:2] & 0x3fff != 0)"
+        f" or (ip[9] = 6 and ((tcp[13] & 0x07 != 0)"
+        f" or {_either('tcp[0:2]', 'tcp[2:2]', dns)} or {record4}))"
+        f" or (ip[9] = 17 and ({_either('udp[0:2]', 'udp[2:2]', dns)}"
+        f" or (udp[4:2] > 8 and udp[8] & {quic:#04x} = {quic:#04x})))))"
+    )
+    cont4 = (
+        f"(ip and ip[9] = 6 and {paylen4} > 0 and ({_any_of('tcp[2:2]', tls)}"
+        f" or (tcp[0:2] >= {floor} and tcp[2:2] < {floor})) and len <= {s.continuation_max})"
+    )
+
+    # IPv6 without extension headers: TCP or UDP header at offset 40.
+    doff6 = "((ip6[52] & 0xf0) >> 2)"
+    paylen6 = f"(ip6[4:2] - {doff6})"
+    record6 = f"({paylen6} > 2 and ip6[40 + {doff6}:2] = 0x1603 and ip6[42 + {doff6}] < 5)"
+    whole6 = (
+        f"(ip6 and ({_any_of('ip6[6]', IPV6_EXTENSION_HEADERS)}"
+        f" or (ip6[6] = 6 and ((ip6[53] & 0x07 != 0)"
+        f" or {_either('ip6[40:2]', 'ip6[42:2]', dns)} or {record6}))"
+        f" or (ip6[6] = 17 and ({_either('ip6[40:2]', 'ip6[42:2]', dns)}"
+        f" or (ip6[44:2] > 8 and ip6[48] & {quic:#04x} = {quic:#04x})))))"
+    )
+    cont6 = (
+        f"(ip6 and ip6[6] = 6 and {paylen6} > 0 and ({_any_of('ip6[42:2]', tls)}"
+        f" or (ip6[40:2] >= {floor} and ip6[42:2] < {floor})) and len <= {s.continuation_max})"
+    )
+    whole = f"{whole4} or {whole6}"
+    if s.extra:
+        whole = f"{whole} or ({s.extra})"
+    return whole, f"{cont4} or {cont6}"
+
+
+def filter_expression(settings: FilterSettings | None = None) -> str:
+    """The filter as one libpcap expression, as tcpdump takes it (also on a savefile)."""
+    whole, continuation = filter_parts(settings)
+    return f"({whole}) or ({continuation})"
+
+
+def live_expression(
+    expression: str, *, ifindexes: Sequence[int] = (), loopback_ifindex: int | None = None
+) -> str:
+    """``expression`` limited to ``ifindexes`` (none: every interface), minus loopback duplicates.
+
+    The kernel shows each loopback packet twice, outgoing and incoming; as libpcap does, the
+    outgoing copy is dropped, here in the kernel. ``loopback_ifindex`` is the index of ``lo``
+    when the capture can see it. ``ifindex`` and ``outbound`` read the packet's metadata, so the
+    result works on a live socket only, never on a savefile.
+    """
+    parts = []
+    if ifindexes:
+        parts.append("(" + " or ".join(f"ifindex {i}" for i in sorted(set(ifindexes))) + ")")
+    if loopback_ifindex is not None:
+        parts.append(f"not (ifindex {loopback_ifindex} and outbound)")
+    if expression.strip():
+        parts.append(f"({expression})")
+    return " and ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A compiled classic BPF program."""
+
+    expression: str
+    """The libpcap expression it was compiled from."""
+    linktype: int
+    """The DLT it was compiled for."""
+    instructions: tuple[Instruction, ...]
+    """``(code, jt, jf, k)`` per instruction; accepting returns give :data:`SNAPLEN`."""
+
+
+REJECT_ALL = Program("less 0", DLT_RAW, ((_BPF_RET_K, 0, 0, 0),))
+"""``ret #0``: attached before binding so nothing unfiltered is queued."""
+
+
+def compile_expression(expression: str, linktype: int = DLT_RAW) -> Program:
+    """Compile ``expression`` with libpcap (through scapy) for ``linktype``.
+
+    Raises :class:`~probes.errors.CaptureError` naming the expression when libpcap refuses it or
+    is missing.
+    """
+    try:
+        from scapy.arch.common import compile_filter, free_filter
+        from scapy.error import Scapy_Exception
+    except ImportError as exc:  # pragma: no cover - scapy is a dependency
+        msg = f"scapy is not available to compile the capture filter: {exc}"
+        raise CaptureError(msg) from exc
+    try:
+        bpf = compile_filter(expression, linktype=linktype)
+    except ImportError as exc:
+        msg = "libpcap is needed to compile the capture filter (apt install libpcap0.8)"
+        raise CaptureError(msg) from exc
+    except Scapy_Exception as exc:
+        msg = f"bad capture filter {expression!r}: {exc}"
+        raise CaptureError(msg) from exc
+    try:
+        count = int(bpf.bf_len)
+        insns = []
+        for i in range(count):
+            ins = bpf.bf_insns[i]
+            code, jt, jf, k = int(ins.code), int(ins.jt), int(ins.jf), int(ins.k) & 0xFFFFFFFF
+            if code == _BPF_RET_K and k != 0:  # accepting: keep the whole packet
+                k = SNAPLEN
+            insns.append((code, jt, jf, k))
+    finally:
+        free_filter(bpf)
+    if count > BPF_MAXINSNS:
+        msg = f"capture filter compiles to {count} instructions, above the kernel's {BPF_MAXINSNS}"
+        raise CaptureError(msg)
+    return Program(expression, linktype, tuple(insns))
+
+
+def compile_filter(
+    settings: FilterSettings | None = None,
+    *,
+    linktype: int = DLT_RAW,
+    ifindexes: Sequence[int] = (),
+    loopback_ifindex: int | None = None,
+) -> Program:
+    """The egress filter for ``settings``, with the live-only tests of :func:`live_expression`."""
+    expression = live_expression(
+        filter_expression(settings), ifindexes=ifindexes, loopback_ifindex=loopback_ifindex
+    )
+    return compile_expression(expression, linktype)
+
+
+def attach(sock: socket.socket, program: Program) -> None:
+    """Attach ``program`` to ``sock`` (``SO_ATTACH_FILTER``), replacing any filter it had."""
+    insns = (sock_filter * len(program.instructions))(
+        *(sock_filter(code, jt, jf, k) for code, jt, jf, k in program.instructions)
+    )
+    fprog = sock_fprog(len(program.instructions), insns)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+    # setsockopt copies the program into the kernel; insns may be freed after this line.
+    del insns

@@ -1,0 +1,460 @@
+"""The kernel filter of probes/bpf.py: exactly the right packets pass.
+
+One table of packets built with scapy, each with the verdict the filter must give, checked three
+ways: by libpcap's own interpreter (``tcpdump -r`` on a pcap of the table, as LINKTYPE_RAW and as
+Ethernet), and by the kernel (the table sent over a veth into a namespace where a
+``LiveCapture`` listens with the compiled program attached).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+)
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet, Raw
+
+from probes import bpf
+from probes.errors import CaptureError
+
+FLOOR = 32768
+CLIENT_PORT = 40000
+
+# A ClientHello record header (handshake, TLS 1.0 record version, length 512, ClientHello).
+CH_START = bytes.fromhex("1603010200") + b"\x01\x00\x01\xfc\x03\x03" + bytes(32)
+RANDOM = bytes(range(7, 250, 3)) * 5  # continuation-like bytes: no record header
+QUIC_INITIAL = bytes.fromhex("c300000001") + bytes(40)  # long header, fixed bit, v1, Initial
+QUIC_SHORT = bytes.fromhex("43") + bytes(40)  # short header (1-RTT)
+RTP = bytes.fromhex("8060") + bytes(40)  # RTP v2: 10xxxxxx, no fixed bit
+DNS_QUERY = bytes.fromhex("123401000001000000000000076578616d706c6503636f6d0000010001")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    packet: Packet
+    passes: bool
+
+    @property
+    def raw(self) -> bytes:
+        return bytes(self.packet)
+
+
+_ids = iter(range(1, 1_000_000))
+
+
+def _v4(l4: Packet, *, flags: str = "DF", **kw: object) -> Packet:
+    # A unique IP id keeps every packet of the table distinct as bytes.
+    return IP(src="10.200.0.1", dst="10.200.0.77", id=next(_ids), flags=flags, **kw) / l4
+
+
+def _v6(l4: Packet) -> Packet:
+    return IPv6(src="fd00:e6::1", dst="fd00:e6::77", fl=next(_ids)) / l4
+
+
+def _tcp(sport: int, dport: int, flags: str = "A", payload: bytes = b"", **kw: object) -> Packet:
+    seg = TCP(sport=sport, dport=dport, flags=flags, seq=1000, ack=2000, window=500, **kw)
+    return seg / Raw(payload) if payload else seg
+
+
+def _udp(sport: int, dport: int, payload: bytes = b"") -> Packet:
+    dgram = UDP(sport=sport, dport=dport)
+    return dgram / Raw(payload) if payload else dgram
+
+
+def transport_cases() -> list[tuple[str, Packet, bool]]:
+    """(name, TCP or UDP layer, passes): the same for IPv4 and IPv6."""
+    c, s = CLIENT_PORT, 443
+    opts = [("MSS", 1460), ("NOP", None), ("WScale", 7), ("SAckOK", b""), ("NOP", None)] * 2
+    return [
+        ("syn", _tcp(c, s, "S"), True),
+        ("syn-ack", _tcp(s, c, "SA"), True),
+        ("syn with options", _tcp(c, 8080, "S", options=opts), True),
+        ("fin-ack from the server", _tcp(s, c, "FA"), True),
+        ("fin-ack from a high port", _tcp(50000, c, "FA"), True),
+        ("rst", _tcp(s, c, "R"), True),
+        ("bare ack client to 443", _tcp(c, s), False),
+        ("bare ack server to client", _tcp(s, c), False),
+        ("bare ack client to 8080", _tcp(c, 8080), False),
+        ("ClientHello to 443", _tcp(c, s, "PA", CH_START), True),
+        ("ClientHello to port 80 from port 5000", _tcp(5000, 80, "PA", CH_START), True),
+        ("ClientHello between two high ports", _tcp(50000, 40001, "PA", CH_START), True),
+        ("ClientHello with TCP options", _tcp(5000, 80, "PA", CH_START, options=opts), True),
+        ("ServerHello record from 443", _tcp(s, c, "PA", bytes.fromhex("160303007a02")), True),
+        ("record version 03 04", _tcp(s, c, "A", bytes.fromhex("16030400")), True),
+        ("record version 03 05 is not TLS", _tcp(s, c, "A", bytes.fromhex("16030500")), False),
+        ("application data from 443", _tcp(s, c, "A", bytes.fromhex("1703030400") + RANDOM), False),
+        ("download from 443", _tcp(s, c, "A", RANDOM), False),
+        ("download from 8080", _tcp(8080, c, "A", RANDOM), False),
+        ("download from 443 with options", _tcp(s, c, "A", RANDOM, options=opts), False),
+        ("download from 443, PSH", _tcp(s, c, "PA", RANDOM), False),
+        ("1 byte 16 from the server", _tcp(s, c, "A", b"\x16"), False),
+        ("2 bytes 16 03 from the server", _tcp(s, c, "A", b"\x16\x03"), False),
+        ("3 bytes 16 03 01 from the server", _tcp(s, c, "A", b"\x16\x03\x01"), True),
+        ("continuation to 443", _tcp(c, s, "A", RANDOM), True),
+        ("continuation to 8443", _tcp(c, 8443, "A", RANDOM), True),
+        ("continuation to 853", _tcp(c, 853, "A", RANDOM), True),
+        ("continuation from an ephemeral port to 8080", _tcp(c, 8080, "A", RANDOM), True),
+        ("continuation from 65000 (another OS's range) to 8080", _tcp(65000, 8080, "A", RANDOM), True),
+        ("continuation from the floor to 32767", _tcp(FLOOR, FLOOR - 1, "A", RANDOM), True),
+        ("1 byte to 443", _tcp(c, s, "A", b"\x00"), True),
+        ("high port to high port", _tcp(c, 50000, "A", RANDOM), False),
+        ("client below the floor to 8080", _tcp(FLOOR - 1, 8080, "A", RANDOM), False),
+        ("server 443 to port 80", _tcp(s, 80, "A", RANDOM), False),
+        ("dns over tcp, response", _tcp(53, c, "A", RANDOM), True),
+        ("dns over tcp, bare ack", _tcp(c, 53), True),
+        ("dns over udp, query", _udp(c, 53, DNS_QUERY), True),
+        ("dns over udp, response", _udp(53, c, DNS_QUERY), True),
+        ("dns over udp, empty", _udp(c, 53), True),
+        ("QUIC Initial to 443", _udp(c, 443, QUIC_INITIAL), True),
+        ("QUIC long header to another port", _udp(c, 7777, QUIC_INITIAL), True),
+        ("QUIC long header from the server", _udp(443, c, bytes.fromhex("e1") + bytes(30)), True),
+        ("QUIC short header", _udp(c, 443, QUIC_SHORT), False),
+        ("QUIC short header from the server", _udp(443, c, QUIC_SHORT), False),
+        ("RTP media", _udp(c, 5004, RTP), False),
+        ("udp empty payload", _udp(c, 443), False),
+        ("mDNS", _udp(5353, 5353, DNS_QUERY), False),
+    ]
+
+
+def cases() -> list[Case]:
+    out = []
+    for name, l4, passes in transport_cases():
+        out.append(Case(f"v4 {name}", _v4(l4.copy()), passes))
+        out.append(Case(f"v6 {name}", _v6(l4.copy()), passes))
+    more = [
+        Case("v4 ICMP echo", _v4(ICMP()), False),
+        Case("v6 ICMPv6 echo", _v6(ICMPv6EchoRequest()), False),
+        Case("v4 GRE", _v4(Raw(bytes(24)), proto=47), False),
+        Case("v4 with IP options, ClientHello", _v4(_tcp(5000, 80, "PA", CH_START),
+             options=b"\x01\x01\x01\x00"), True),
+        Case("v4 with IP options, download", _v4(_tcp(443, CLIENT_PORT, "A", RANDOM),
+             options=b"\x01\x01\x01\x00"), False),
+        Case("v4 first fragment (MF) of a download", _v4(_tcp(443, CLIENT_PORT, "A", RANDOM),
+             flags="MF"), True),
+        Case("v4 later fragment", _v4(Raw(RANDOM), flags="", frag=100, proto=6), True),
+        Case("v6 fragment header", _v6(IPv6ExtHdrFragment(id=7, m=1) / _tcp(443, 4000, "A", RANDOM)),
+             True),
+        Case("v6 hop-by-hop then a download", _v6(IPv6ExtHdrHopByHop() /
+             _tcp(443, CLIENT_PORT, "A", RANDOM)), True),
+        Case("v6 destination options then UDP", _v6(IPv6ExtHdrDestOpt() / _udp(1, 2, RTP)), True),
+    ]
+    return out + more
+
+
+CASES = cases()
+
+
+def test_cases_are_distinct() -> None:
+    raws = [c.raw for c in CASES]
+    assert len(set(raws)) == len(raws)
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+# -- the expression and the program ---------------------------------------------------------
+
+
+def _returns(program: bpf.Program) -> set[int]:
+    return {k for code, _jt, _jf, k in program.instructions if code == 0x06}
+
+
+def test_expression_compiles_for_raw_and_ethernet() -> None:
+    expr = bpf.filter_expression()
+    for linktype in (bpf.DLT_RAW, bpf.DLT_EN10MB):
+        program = bpf.compile_expression(expr, linktype)
+        assert 50 < len(program.instructions) < bpf.BPF_MAXINSNS
+        assert _returns(program) == {0, bpf.SNAPLEN}
+
+
+def test_compiled_filter_keeps_continuations_short() -> None:
+    program = bpf.compile_filter(bpf.FilterSettings(ephemeral_floor=FLOOR))
+    assert _returns(program) == {0, bpf.SNAPLEN, bpf.CONTINUATION_SNAPLEN}
+    whole, continuation = bpf.filter_parts(bpf.FilterSettings(ephemeral_floor=FLOOR))
+    assert program.expression == f"(({whole})) or (({continuation}))"
+    assert bpf.filter_expression(bpf.FilterSettings(ephemeral_floor=FLOOR)) == (
+        f"({whole}) or ({continuation})"
+    )
+    assert "tcp[2:2] = 443" not in whole
+    assert "tcp[2:2] = 443" in continuation
+
+
+def test_chain_turns_rejects_into_a_jump_to_the_second_program() -> None:
+    first, second = bpf.compile_expression("udp"), bpf.compile_expression("tcp")
+    chained = bpf.chain(first, second, second_snaplen=100)
+    size = len(first.instructions)
+    assert chained.instructions[size:] == tuple(
+        (c, jt, jf, 100 if c == 0x06 and k else k) for c, jt, jf, k in second.instructions
+    )
+    for i, (old, new) in enumerate(zip(first.instructions, chained.instructions, strict=False)):
+        if old[0] == 0x06 and old[3] == 0:
+            assert new == (0x05, 0, 0, size - i - 1)  # ja to the first instruction of second
+        else:
+            assert new == old
+    with pytest.raises(ValueError, match="accumulator"):
+        bpf.chain(bpf.Program("", bpf.DLT_RAW, ((0x16, 0, 0, 0),)), second)
+
+
+def test_expression_follows_settings() -> None:
+    expr = bpf.filter_expression(bpf.FilterSettings(tls_ports=(4433,), ephemeral_floor=49152))
+    assert "tcp[2:2] = 4433" in expr
+    assert "ip6[42:2] = 4433" in expr
+    assert "tcp[2:2] = 443 " not in expr
+    assert "tcp[0:2] >= 49152 and tcp[2:2] < 49152" in expr
+    assert "ip6[40:2] >= 49152 and ip6[42:2] < 49152" in expr
+    relaxed = bpf.filter_expression(bpf.FilterSettings(quic_fixed_bit=False))
+    assert "udp[8] & 0x80 = 0x80" in relaxed
+    whole, _continuation = bpf.filter_parts(bpf.FilterSettings(extra="udp port 5353"))
+    assert whole.endswith(" or (udp port 5353)")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"tls_ports": (0,)}, {"tls_ports": (70000,)}, {"dns_ports": ()}, {"ephemeral_floor": 0}],
+)
+def test_settings_reject_bad_ports(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="out of range|at least one"):
+        bpf.FilterSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_local_port_range(tmp_path: Path) -> None:
+    path = tmp_path / "range"
+    path.write_text("1024\t65000\n")
+    assert bpf.local_port_range(path) == (1024, 65000)
+    path.write_text("nonsense")
+    assert bpf.local_port_range(path) == bpf.DEFAULT_EPHEMERAL_RANGE
+    assert bpf.local_port_range(tmp_path / "missing") == bpf.DEFAULT_EPHEMERAL_RANGE
+    low, high = bpf.local_port_range()
+    assert 0 < low <= high <= 65535
+
+
+def test_floor_defaults_to_the_local_range() -> None:
+    low, _high = bpf.local_port_range()
+    assert f"tcp[0:2] >= {low} and tcp[2:2] < {low}" in bpf.filter_expression()
+
+
+def test_bad_expression_is_a_capture_error() -> None:
+    with pytest.raises(CaptureError, match=r"bad capture filter 'tcp port nonsense'"):
+        bpf.compile_expression("tcp port nonsense")
+
+
+def test_live_expression() -> None:
+    assert bpf.live_expression("udp", ifindexes=[3, 1], loopback_ifindex=1) == (
+        "(ifindex 1 or ifindex 3) and not (ifindex 1 and outbound) and (udp)"
+    )
+    assert bpf.live_expression("udp") == "(udp)"
+    assert bpf.live_expression("", loopback_ifindex=1) == "not (ifindex 1 and outbound)"
+    # ifindex and outbound read kernel metadata: they compile for a live socket (SKF_AD_*).
+    program = bpf.compile_expression(
+        bpf.live_expression(bpf.filter_expression(), ifindexes=[1, 2], loopback_ifindex=1)
+    )
+    skf_ad = {k for code, _jt, _jf, k in program.instructions if k >= 0xFFFFF000 and code & 7 == 0}
+    assert skf_ad == {0xFFFFF000 + 4, 0xFFFFF000 + 8}  # SKF_AD_PKTTYPE, SKF_AD_IFINDEX
+
+
+def test_attach_and_detach_on_a_plain_socket() -> None:
+    # SO_ATTACH_FILTER works on any socket; the kernel checks the program there.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        bpf.attach(sock, bpf.compile_expression(bpf.filter_expression()))
+        bpf.attach(sock, bpf.REJECT_ALL)
+        sock.setsockopt(socket.SOL_SOCKET, bpf.SO_DETACH_FILTER, 0)
+
+
+# -- libpcap's interpreter: tcpdump -r -------------------------------------------------------
+
+
+def _tcpdump_passes(tmp_path: Path, expression: str, *, ethernet: bool) -> set[bytes]:
+    source = tmp_path / ("eth.pcap" if ethernet else "raw.pcap")
+    kept = tmp_path / "kept.pcap"
+    eth = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0))[:12]
+    frames = []
+    for case in CASES:
+        ethertype = b"\x86\xdd" if case.raw[0] >> 4 == 6 else b"\x08\x00"
+        frames.append(eth + ethertype + case.raw if ethernet else case.raw)
+    write_pcap(source, 1 if ethernet else 101, frames)
+    subprocess.run(
+        ["tcpdump", "-r", str(source), "-w", str(kept), expression],
+        check=True, capture_output=True, timeout=30,
+    )
+    return {frame[14:] if ethernet else frame for frame in read_pcap(kept)}
+
+
+def write_pcap(path: Path, linktype: int, frames: list[bytes]) -> None:
+    """A classic pcap file (microsecond timestamps) holding ``frames`` whole."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype)]
+    for i, frame in enumerate(frames):
+        out.append(struct.pack("<IIII", 1_700_000_000 + i, 0, len(frame), len(frame)) + frame)
+    path.write_bytes(b"".join(out))
+
+
+def read_pcap(path: Path) -> list[bytes]:
+    """The frames of a classic little-endian pcap file (what tcpdump -w writes here)."""
+    data = path.read_bytes()
+    assert struct.unpack_from("<I", data)[0] == 0xA1B2C3D4
+    frames, pos = [], 24
+    while pos + 16 <= len(data):
+        caplen = struct.unpack_from("<I", data, pos + 8)[0]
+        frames.append(data[pos + 16 : pos + 16 + caplen])
+        pos += 16 + caplen
+    return frames
+
+
+def _report(passed: set[bytes], cases: list[Case]) -> list[str]:
+    wrong = []
+    for case in cases:
+        if (case.raw in passed) != case.passes:
+            wrong.append(f"{case.name}: expected {'pass' if case.passes else 'reject'}")
+    return wrong
+
+
+@pytest.mark.tcpdump
+@pytest.mark.parametrize("ethernet", [False, True], ids=["raw", "ethernet"])
+def test_tcpdump_agrees_with_the_table(tmp_path: Path, ethernet: bool) -> None:
+    expr = bpf.filter_expression(bpf.FilterSettings(ephemeral_floor=FLOOR))
+    passed = _tcpdump_passes(tmp_path, expr, ethernet=ethernet)
+    assert _report(passed, CASES) == []
+
+
+@pytest.mark.tcpdump
+def test_tcpdump_without_the_fixed_bit_passes_rtp(tmp_path: Path) -> None:
+    expr = bpf.filter_expression(bpf.FilterSettings(ephemeral_floor=FLOOR, quic_fixed_bit=False))
+    passed = _tcpdump_passes(tmp_path, expr, ethernet=False)
+    flipped = {"v4 RTP media", "v6 RTP media"}
+    expected = [Case(c.name, c.packet, c.passes or c.name in flipped) for c in CASES]
+    assert _report(passed, expected) == []
+
+
+# -- the kernel: the table over a veth, into a LiveCapture ---------------------------------
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_kernel_agrees_with_the_table() -> None:
+    from probes.live import LiveCapture
+    from tests.netns import unavailable, veth_pair
+
+    if reason := unavailable():
+        pytest.skip(reason)
+    with veth_pair() as pair:
+        with pair.server.ns.entered():
+            assert bpf.local_port_range()[0] == FLOOR, "the namespace has another port range"
+            capture = LiveCapture([pair.server.ifname])  # the chained program, two snap lengths
+            unfiltered = LiveCapture([pair.server.ifname], bpf="")
+        try:
+            # Addressed to the server's MAC; the IP destination is nobody's, so the server's
+            # stack drops them quietly after the capture has seen them.
+            _send(pair, [case.packet for case in CASES])
+            raws = {c.raw for c in CASES}
+            passed = _collect(capture, raws, want=sum(c.passes for c in CASES))
+            everything = _collect(unfiltered, raws, want=len(CASES))
+        finally:
+            capture.close()
+            unfiltered.close()
+    assert everything == raws, "the veth lost packets of the table: the check below means nothing"
+    assert _report(passed, CASES) == []
+
+
+def _send(pair: object, packets: list[Packet]) -> None:
+    from tests.netns import VethPair
+
+    assert isinstance(pair, VethPair)
+    with pair.client.ns.entered():
+        sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with sender:
+        sender.bind((pair.client.ifname, 0))
+        for packet in packets:
+            sender.send(bytes(Ether(src=pair.client.mac, dst=pair.server.mac) / packet))
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_kernel_cuts_continuations_at_16k_and_keeps_handshakes_whole() -> None:
+    from probes.live import LiveCapture
+    from tests.netns import unavailable, veth_pair
+
+    if reason := unavailable():
+        pytest.skip(reason)
+    big = bytes(range(256)) * 80  # 20 KB: bigger than the continuation snap length
+    packets = {
+        "continuation": _v4(_tcp(CLIENT_PORT, 443, "A", big)),
+        "handshake": _v4(_tcp(CLIENT_PORT, 443, "PA", CH_START + big)),
+        "fin with data": _v4(_tcp(CLIENT_PORT, 443, "FA", big)),
+        "v6 continuation": _v6(_tcp(CLIENT_PORT, 8080, "A", big)),
+    }
+    with veth_pair(mtu=65000) as pair:
+        with pair.server.ns.entered():
+            capture = LiveCapture([pair.server.ifname])
+        with capture:
+            _send(pair, list(packets.values()))
+            prefixes = {bytes(p)[:64]: name for name, p in packets.items()}
+            got = {}
+            deadline = time.monotonic() + 5
+            while len(got) < len(packets) and time.monotonic() < deadline:
+                for _ts, _lt, frame in capture.read_batch(0.2):
+                    if frame[:64] in prefixes:
+                        got[prefixes[frame[:64]]] = len(frame)
+    assert got == {
+        "continuation": bpf.CONTINUATION_SNAPLEN,
+        "handshake": len(packets["handshake"]),
+        "fin with data": len(packets["fin with data"]),
+        "v6 continuation": bpf.CONTINUATION_SNAPLEN,
+    }
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_kernel_follows_settings() -> None:
+    from probes.live import LiveCapture
+    from tests.netns import unavailable, veth_pair
+
+    if reason := unavailable():
+        pytest.skip(reason)
+    settings = bpf.FilterSettings(tls_ports=(4433,), ephemeral_floor=50000)
+    sent = {
+        "to 4433": (_v4(_tcp(1000, 4433, "A", RANDOM)), True),
+        "to 443, not listed": (_v4(_tcp(1000, 443, "A", RANDOM)), False),
+        "from 50001": (_v6(_tcp(50001, 8080, "A", RANDOM)), True),
+        "from 40000, below this floor": (_v6(_tcp(40000, 8080, "A", RANDOM)), False),
+    }
+    with veth_pair() as pair:
+        with pair.server.ns.entered():
+            capture = LiveCapture([pair.server.ifname], settings=settings)
+        with capture:
+            _send(pair, [p for p, _ in sent.values()])
+            raws = {bytes(p) for p, _ in sent.values()}
+            passed = _collect(capture, raws, want=2)
+    assert {name for name, (p, _) in sent.items() if bytes(p) in passed} == {
+        name for name, (_, passes) in sent.items() if passes
+    }
+
+
+def _collect(capture: object, raws: set[bytes], *, want: int, limit: float = 5.0) -> set[bytes]:
+    from probes.live import LiveCapture
+
+    assert isinstance(capture, LiveCapture)
+    got: set[bytes] = set()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        for _ts, _lt, frame in capture.read_batch(0.2):
+            if frame in raws:
+                got.add(frame)
+        if len(got) >= want:
+            # Anything else that should not have passed has arrived by now too.
+            for _ts, _lt, frame in capture.read_batch(0.3):
+                if frame in raws:
+                    got.add(frame)
+            break
+    return got
+
