@@ -290,7 +290,11 @@ def _svcb(owner: str, rtype: int, wire: bytes, start: int, length: int) -> _Answ
 
 def _read_answer(wire: bytes, cur: Cursor, names: _Names) -> _Answer | None:
     # RFC 1035 section 4.1.3: NAME, TYPE, CLASS, TTL, RDLENGTH, RDATA.
-    owner = _read_name(wire, cur, names)
+    return _read_rdata(wire, cur, names, _read_name(wire, cur, names))
+
+
+def _read_rdata(wire: bytes, cur: Cursor, names: _Names, owner: str) -> _Answer | None:
+    """The rest of a record after its owner NAME: TYPE, CLASS, TTL, RDLENGTH, RDATA."""
     rtype = cur.uint16()
     rclass = cur.uint16()
     cur.skip(4)  # TTL
@@ -320,13 +324,18 @@ def _read_answer(wire: bytes, cur: Cursor, names: _Names) -> _Answer | None:
 def _other_record(
     wire: bytes, cur: Cursor, names: _Names, into: list[str] | None
 ) -> tuple[int, int]:
-    """Frame one authority/additional record; keep its address or CNAME target in ``into``."""
+    """Frame one record read for ``answers`` only; keep its address or CNAME target in ``into``.
+
+    The owner is framed, not decoded: it is not used, and a damaged one (a pointer that does
+    not go backwards) must not end the reading, which tshark goes on with.
+    """
     start = cur.pos
     rtype, ttl = _skip_rr(cur)
     if into is not None and rtype in (_TYPE_A, _TYPE_AAAA, _TYPE_CNAME):
         end = cur.pos
         cur.pos = start
-        rec = _read_answer(wire, cur, names)
+        _skip_name(cur)
+        rec = _read_rdata(wire, cur, names, "")
         cur.pos = end
         if rec is not None and rec.value is not None:
             into.append(rec.value)
@@ -403,14 +412,15 @@ def parse_dns(wire: bytes) -> DnsMessage:
             for _ in range(qdcount - 1):
                 _skip_name(cur)
                 cur.skip(4)
+        keep_other = is_response and opcode == _OPCODE_QUERY
         for _ in range(ancount):
-            if is_response and opcode == _OPCODE_QUERY and qname is not None:
+            if keep_other and qname is not None:
                 rec = _read_answer(wire, cur, names)
                 if rec is not None:
                     records.append(rec)
             else:
-                _skip_rr(cur)
-        keep_other = is_response and opcode == _OPCODE_QUERY
+                # No question, so no chain: the answer section only adds to ``answers``.
+                _other_record(wire, cur, names, others if keep_other else None)
         for _ in range(nscount):
             _other_record(wire, cur, names, others if keep_other else None)
         opt_seen = False

@@ -3,7 +3,8 @@
 Messages are built by dnspython in the test; real ones come from the nDPI captures in
 ../shared/captures, read with scapy (the project's own capture reader is written in parallel)
 and checked against tshark. dnspython's own ``from_wire`` is the oracle for the differential
-tests: wherever it accepts a message, parse_dns must read the same question and answers.
+tests: wherever it accepts a message, parse_dns must read the same question, ``answers`` (every
+A/AAAA/CNAME value of every section) and ``resolved`` (the question name's CNAME chain).
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def test_cname_chain_in_answer_order() -> None:
     )
     m = parse_dns(wire(r))
     assert m.is_response and m.rcode == "NOERROR"
-    assert m.answers == ("edge.example.net", "a1.cdn.example", "192.0.2.1", "192.0.2.2")
+    assert m.resolved == ("edge.example.net", "a1.cdn.example", "192.0.2.1", "192.0.2.2")
+    assert m.answers == m.resolved  # nothing outside the chain
 
 
 def test_chain_out_of_order_and_aaaa() -> None:
@@ -154,10 +156,12 @@ def test_chain_out_of_order_and_aaaa() -> None:
         ("lb.example.net.", "AAAA", "2001:db8::1"),
         ("api.example.com.", "CNAME", "lb.example.net."),
     )
-    assert parse_dns(wire(r)).answers == ("2001:db8::1", "lb.example.net")
+    m = parse_dns(wire(r))
+    assert m.resolved == ("2001:db8::1", "lb.example.net")
+    assert m.answers == m.resolved
 
 
-def test_records_outside_the_chain_are_left_out() -> None:
+def test_records_outside_the_chain_are_in_answers_not_resolved() -> None:
     q = query("www.example.com")
     r = response(
         q,
@@ -167,28 +171,66 @@ def test_records_outside_the_chain_are_left_out() -> None:
     )
     r.additional.append(dns.rrset.from_text("ns1.example.com.", 300, "IN", "A", "192.0.2.53"))
     m = parse_dns(wire(r))
-    assert m.answers == ("192.0.2.1",)
+    assert m.resolved == ("192.0.2.1",)
+    # Everything tshark's dns.a/dns.cname show, in wire order: the off-chain owner, then glue.
+    assert m.answers == ("192.0.2.1", "203.0.113.66", "www.example.com", "192.0.2.53")
     assert m.skipped_answers == 2
 
 
-def test_glue_is_not_an_answer() -> None:
+def test_glue_is_in_answers_but_not_resolved() -> None:
     q = query("www.example.com", "AAAA")
     r = response(q)
     r.authority.append(dns.rrset.from_text("example.com.", 300, "IN", "NS", "ns1.example.com."))
     r.additional.append(dns.rrset.from_text("ns1.example.com.", 300, "IN", "A", "192.0.2.53"))
-    assert parse_dns(wire(r)).answers == ()
+    r.additional.append(dns.rrset.from_text("ns1.example.com.", 300, "IN", "AAAA", "2001:db8::53"))
+    m = parse_dns(wire(r))
+    assert m.resolved == ()
+    assert m.answers == ("192.0.2.53", "2001:db8::53")
+    assert m.skipped_answers == 0  # only answer-section records are counted as skipped
+
+
+def test_answers_in_wire_order_across_sections_without_repeats() -> None:
+    q = query("www.example.com")
+    r = response(
+        q,
+        ("www.example.com.", "CNAME", "edge.example.net."),
+        ("edge.example.net.", "A", "192.0.2.1"),
+    )
+    r.authority.append(dns.rrset.from_text("example.net.", 300, "IN", "A", "192.0.2.99"))
+    r.authority.append(
+        dns.rrset.from_text("old.example.net.", 300, "IN", "CNAME", "Edge.Example.NET.")
+    )
+    r.additional.append(dns.rrset.from_text("edge.example.net.", 300, "IN", "A", "192.0.2.1"))
+    r.additional.append(dns.rrset.from_text("ns.example.net.", 300, "IN", "AAAA", "2001:db8::53"))
+    r.additional.append(dns.rrset.from_text("ns.example.net.", 300, "CH", "TXT", "x"))
+    m = parse_dns(wire(r))
+    assert m.resolved == ("edge.example.net", "192.0.2.1")
+    assert m.answers == ("edge.example.net", "192.0.2.1", "192.0.2.99", "2001:db8::53")
+    assert m.complete
+
+
+def test_query_records_are_not_answers() -> None:
+    # Only responses to QUERY carry answers; a query's sections are not resolution results.
+    q = query("www.example.com")
+    q.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "A", "192.0.2.1"))
+    q.additional.append(dns.rrset.from_text("ns.example.com.", 300, "IN", "A", "192.0.2.53"))
+    m = parse_dns(wire(q))
+    assert (m.is_response, m.answers, m.resolved) == (False, (), ())
 
 
 def test_nxdomain() -> None:
     q = query("nope.example.com")
-    m = parse_dns(wire(response(q, rcode=dns.rcode.NXDOMAIN)))
-    assert (m.rcode, m.answers) == ("NXDOMAIN", ())
+    r = response(q, rcode=dns.rcode.NXDOMAIN)
+    r.authority.append(dns.rrset.from_text("example.com.", 300, "IN", "SOA", "ns. host. 1 2 3 4 5"))
+    m = parse_dns(wire(r))
+    assert (m.rcode, m.answers, m.resolved) == ("NXDOMAIN", (), ())
 
 
 def test_nxdomain_after_cname_keeps_the_cname() -> None:
     q = query("www.example.com")
     r = response(q, ("www.example.com.", "CNAME", "gone.example.net."), rcode=dns.rcode.NXDOMAIN)
-    assert parse_dns(wire(r)).answers == ("gone.example.net",)
+    m = parse_dns(wire(r))
+    assert m.answers == m.resolved == ("gone.example.net",)
 
 
 def test_extended_rcode_from_opt() -> None:
@@ -204,7 +246,7 @@ def test_truncated_bit() -> None:
     r = response(q)
     r.flags |= dns.flags.TC
     m = parse_dns(wire(r))
-    assert m.truncated and m.answers == () and m.qtype == "TXT"
+    assert m.truncated and m.answers == m.resolved == () and m.qtype == "TXT"
 
 
 def test_https_with_ech() -> None:
@@ -214,7 +256,7 @@ def test_https_with_ech() -> None:
     assert m.qtype == "HTTPS" and m.ech_config
     assert m.https_targets == ("crypto.example.com",)  # "." in ServiceMode is the owner
     assert m.https_hints == ("192.0.2.7", "2001:db8::7")
-    assert m.answers == ()
+    assert m.answers == m.resolved == ()  # hints are not A/AAAA records
 
 
 def test_https_without_ech() -> None:
@@ -238,7 +280,7 @@ def test_https_behind_cname_and_alias_mode() -> None:
     m = parse_dns(wire(r))
     assert m.ech_config
     assert m.https_targets == ("pool.example.org",)
-    assert m.answers == ("front.example.net",)
+    assert m.answers == m.resolved == ("front.example.net",)
     assert m.skipped_answers == 1
 
 
@@ -298,12 +340,19 @@ def test_several_questions_use_the_first() -> None:
     r = response(q, ("first.example.com.", "A", "192.0.2.1"))
     for m in (parse_dns(wire(q)), parse_dns(wire(r))):
         assert (m.qname, m.qtype, m.qdcount) == ("first.example.com", "A", 2)
-    assert parse_dns(wire(r)).answers == ("192.0.2.1",)
+    assert parse_dns(wire(r)).answers == parse_dns(wire(r)).resolved == ("192.0.2.1",)
 
 
 def test_inverse_query_has_no_question() -> None:
     m = parse_dns(IQUERY)
-    assert (m.opcode, m.qname, m.qtype, m.answers, m.qdcount) == (1, None, None, (), 0)
+    assert (m.opcode, m.qname, m.qtype, m.answers, m.resolved, m.qdcount) == (
+        1,
+        None,
+        None,
+        (),
+        (),
+        0,
+    )
     r = parse_dns(IQUERY_RESPONSE)
     assert (r.is_response, r.rcode, r.qname) == (True, "NOTIMP", None)
 
@@ -313,9 +362,13 @@ def test_update_observes_the_zone_but_no_answers() -> None:
     u.add("host", 300, "A", "10.0.0.1")
     m = parse_dns(wire(u))
     assert (m.opcode, m.qname, m.qtype, m.answers) == (5, "example.com", "SOA", ())
-    # A response echoes the zone; its sections are not resolution results.
+    # A response echoes the zone; its sections are not resolution results, whichever they are.
     r = dns.message.make_response(u)
-    assert parse_dns(wire(r)).answers == ()
+    r.prerequisite.append(dns.rrset.from_text("example.com.", 300, "IN", "A", "192.0.2.1"))
+    r.update.append(dns.rrset.from_text("host.example.com.", 300, "IN", "A", "10.0.0.1"))
+    r.additional.append(dns.rrset.from_text("ns.example.com.", 300, "IN", "AAAA", "2001:db8::1"))
+    m = parse_dns(wire(r))
+    assert (m.opcode, m.is_response, m.answers, m.resolved) == (5, True, (), ())
 
 
 def test_notify() -> None:
@@ -324,8 +377,9 @@ def test_notify() -> None:
     q.answer.append(dns.rrset.from_text("example.com.", 300, "IN", "A", "192.0.2.1"))
     r = dns.message.make_response(q)
     r.answer.append(dns.rrset.from_text("example.com.", 300, "IN", "A", "192.0.2.1"))
+    r.additional.append(dns.rrset.from_text("ns.example.com.", 300, "IN", "A", "192.0.2.53"))
     m = parse_dns(wire(r))
-    assert (m.opcode, m.qname, m.answers) == (4, "example.com", ())
+    assert (m.opcode, m.qname, m.answers, m.resolved) == (4, "example.com", (), ())
 
 
 def test_tsig_signed_message_needs_no_key() -> None:
@@ -337,7 +391,8 @@ def test_tsig_signed_message_needs_no_key() -> None:
     raw = wire(r)
     with pytest.raises(dns.message.UnknownTSIGKey):
         dns.message.from_wire(raw)
-    assert parse_dns(raw).answers == ("192.0.2.1",)
+    m = parse_dns(raw)
+    assert m.answers == m.resolved == ("192.0.2.1",)  # the TSIG record is not an address
 
 
 # --- parse_dns: damaged input ------------------------------------------------------------------
@@ -373,12 +428,42 @@ def test_bad_address_rdata_skips_that_record_only() -> None:
     with pytest.raises(dns.exception.FormError):
         dns.message.from_wire(raw)
     m = parse_dns(raw)
-    assert (m.qname, m.answers, m.skipped_answers, m.complete) == (
+    assert (m.qname, m.answers, m.resolved, m.skipped_answers, m.complete) == (
         "www.example.com",
+        ("192.0.2.9",),
         ("192.0.2.9",),
         2,
         True,
     )
+
+
+def test_damaged_glue_owner_does_not_end_the_reading() -> None:
+    # The owner of an additional A record is a compression pointer forwards (dnspython refuses
+    # the message). Its name is not needed for ``answers``: as tshark does, the address is kept
+    # and the OPT record after it still extends RCODE to BADVERS.
+    head = _header(5, 0x8180, 1, 1, 0, 2) + QNAME + b"\x00\x01\x00\x01"
+    head += _rr(b"\xc0\x0c", 1, bytes([192, 0, 2, 1]))
+    forward = len(head) + 2 + 10 + 4  # the OPT record's owner, the root
+    opt = b"\x00\x00\x29\x10\x00\x01\x00\x00\x00\x00\x00"  # EDNS, extended RCODE 1
+    raw = head + _rr((0xC000 | forward).to_bytes(2, "big"), 1, bytes([192, 0, 2, 53])) + opt
+    with pytest.raises(dns.exception.FormError):
+        dns.message.from_wire(raw)
+    m = parse_dns(raw)
+    assert (m.rcode, m.complete) == ("BADVERS", True)
+    assert (m.answers, m.resolved) == (("192.0.2.1", "192.0.2.53"), ("192.0.2.1",))
+
+
+def test_response_without_question_keeps_every_section() -> None:
+    # FORMERR with no question: no chain, so nothing is resolved, but every address is in
+    # ``answers`` (tshark's dns.a shows both), answer section included. The additional record's
+    # owner points at itself; being only framed, it does not make the message malformed.
+    raw = _header(2, 0x8181, 0, 1, 0, 1) + _rr(b"\x00", 1, bytes([192, 0, 2, 7]))
+    raw += _rr((0xC000 | len(raw)).to_bytes(2, "big"), 1, bytes([192, 0, 2, 8]))
+    with pytest.raises(dns.exception.FormError):
+        dns.message.from_wire(raw)
+    m = parse_dns(raw)
+    assert (m.qname, m.rcode, m.complete) == (None, "FORMERR", True)
+    assert (m.answers, m.resolved, m.skipped_answers) == (("192.0.2.7", "192.0.2.8"), (), 0)
 
 
 def test_response_cut_short_keeps_question_and_answers_read() -> None:
@@ -386,9 +471,28 @@ def test_response_cut_short_keeps_question_and_answers_read() -> None:
     r = response(q, ("www.example.com.", "A", "192.0.2.1"), ("www.example.com.", "A", "192.0.2.2"))
     raw = wire(r)
     m = parse_dns(raw[:-5])  # inside the OPT record, as an IP fragment would leave it
-    assert (m.answers, m.complete) == (("192.0.2.1", "192.0.2.2"), False)
+    assert (m.answers, m.resolved, m.complete) == (("192.0.2.1", "192.0.2.2"),) * 2 + (False,)
     m = parse_dns(raw[: raw.index(bytes([192, 0, 2, 2]))])
-    assert (m.qname, m.answers, m.complete) == ("www.example.com", ("192.0.2.1",), False)
+    assert (m.qname, m.answers, m.resolved, m.complete) == (
+        "www.example.com",
+        ("192.0.2.1",),
+        ("192.0.2.1",),
+        False,
+    )
+
+
+def test_response_cut_short_in_the_glue() -> None:
+    q = query("www.example.com")
+    r = response(q, ("www.example.com.", "A", "192.0.2.1"))
+    r.additional.append(dns.rrset.from_text("ns1.example.com.", 300, "IN", "A", "192.0.2.53"))
+    r.additional.append(dns.rrset.from_text("ns2.example.com.", 300, "IN", "A", "192.0.2.54"))
+    raw = wire(r)
+    m = parse_dns(raw[: raw.index(bytes([192, 0, 2, 54])) + 3])
+    assert (m.answers, m.resolved, m.complete) == (
+        ("192.0.2.1", "192.0.2.53"),
+        ("192.0.2.1",),
+        False,
+    )
 
 
 def test_trailing_bytes_are_ignored() -> None:
@@ -408,6 +512,7 @@ def test_every_prefix_of_a_response() -> None:
         m = parse_dns(raw[:n])
         assert m.qname == full.qname and not m.complete
         assert full.answers[: len(m.answers)] == m.answers
+        assert full.resolved[: len(m.resolved)] == m.resolved == m.answers
 
 
 @pytest.mark.parametrize(
@@ -451,12 +556,12 @@ def _pointer_pile(k: int) -> bytes:
 
 def test_pointer_chain_limit() -> None:
     ok, too_long = _pointer_pile(15), _pointer_pile(16)  # 16 hops allowed, as in dnspython
-    assert parse_dns(ok).answers == ("a",)
+    assert parse_dns(ok).answers == parse_dns(ok).resolved == ("a",)
     assert_same_as_dnspython(ok)
     with pytest.raises(dns.name.PointerChainTooLong):
         dns.message.from_wire(too_long)
     m = parse_dns(too_long)
-    assert (m.qname, m.answers, m.skipped_answers) == ("a", (), 1)
+    assert (m.qname, m.answers, m.resolved, m.skipped_answers) == ("a", (), (), 1)
 
 
 def _https_response(ech: bytes) -> bytes:
@@ -506,19 +611,43 @@ def test_constants() -> None:
 # --- differential tests against dnspython ------------------------------------------------------
 
 
+def _reference_value(rdtype: int, rd: Any) -> str | None:
+    """The text parse_dns gives an A/AAAA address or CNAME target; None for other records."""
+    if rdtype in (A, AAAA) and rd.rdclass == IN:
+        # As ipaddress prints it, like Observation.dst (::ffff:0:0, not ::ffff:0.0.0.0), so
+        # that an answer and the address later connected to compare equal.
+        return str(ipaddress.ip_address(rd.address))
+    if rdtype == CNAME:
+        return str(rd.target.to_text(omit_final_dot=True).lower())
+    return None
+
+
 def reference(raw: bytes) -> DnsMessage | None:
-    """What dnspython's from_wire reads, in our terms; None when it refuses the message."""
+    """What dnspython's from_wire reads, in our terms; None when it refuses the message.
+
+    ``answers``: every A/AAAA/CNAME value of the answer, authority and additional sections, in
+    wire order, first occurrence kept. ``resolved``: the answer-section values whose owner is
+    the question name or reached from it by CNAMEs, in wire order, repeats kept. Both only for
+    responses to opcode QUERY.
+    """
     try:
         m = dns.message.from_wire(raw, keyring=False, one_rr_per_rrset=True, ignore_trailing=True)
     except Exception:
         return None
-    if not m.question:
-        return None
-    q = m.question[0]
-    qname = q.name.to_text(omit_final_dot=True).lower()
+    q = m.question[0] if m.question else None
     answers: list[str] = []
+    resolved: list[str] = []
     is_query_response = bool(m.flags & dns.flags.QR) and m.opcode() == dns.opcode.QUERY
     if is_query_response:
+        # One RR per RRset, so the sections' RRsets are the records in wire order. OPT and TSIG
+        # are kept apart by dnspython; neither is an address.
+        for section in (m.answer, m.authority, m.additional):
+            for rrset in section:
+                for rd in rrset:
+                    value = _reference_value(rrset.rdtype, rd)
+                    if value is not None:
+                        answers.append(value)
+    if is_query_response and q is not None:
         records = [(rrset.name, rrset.rdtype, rd) for rrset in m.answer for rd in rrset]
         chain = {q.name}
         grew = True
@@ -529,22 +658,18 @@ def reference(raw: bytes) -> DnsMessage | None:
                     chain.add(rd.target)
                     grew = True
         for owner, rdtype, rd in records:
-            if owner not in chain:
-                continue
-            if rdtype in (A, AAAA) and rd.rdclass == IN:
-                # As ipaddress prints it, like Observation.dst (::ffff:0:0, not ::ffff:0.0.0.0),
-                # so that an answer and the address later connected to compare equal.
-                answers.append(str(ipaddress.ip_address(rd.address)))
-            elif rdtype == CNAME:
-                answers.append(rd.target.to_text(omit_final_dot=True).lower())
+            value = _reference_value(rdtype, rd)
+            if owner in chain and value is not None:
+                resolved.append(value)
     return DnsMessage(
         id=m.id,
         is_response=bool(m.flags & dns.flags.QR),
         opcode=int(m.opcode()),
         rcode=dns.rcode.to_text(m.rcode()),
-        qname=qname,
-        qtype=dns.rdatatype.to_text(q.rdtype),
-        answers=tuple(answers),
+        qname=None if q is None else q.name.to_text(omit_final_dot=True).lower(),
+        qtype=None if q is None else dns.rdatatype.to_text(q.rdtype),
+        answers=tuple(dict.fromkeys(answers)),
+        resolved=tuple(resolved),
         ech_config=False,
         qdcount=len(m.question),
         truncated=bool(m.flags & dns.flags.TC),
@@ -569,8 +694,10 @@ def assert_same_as_dnspython(raw: bytes) -> None:
         ref.truncated,
     )
     assert ours.rcode == ref.rcode
-    if ours.is_response and ours.opcode == 0:
-        assert ours.answers == ref.answers
+    # Queries and other opcodes included: both are then empty.
+    assert ours.answers == ref.answers
+    assert ours.resolved == ref.resolved
+    assert ours.complete and ours.qdcount == ref.qdcount
 
 
 labels = st.binary(min_size=1, max_size=12)
@@ -597,6 +724,18 @@ def dns_responses(draw: st.DrawFn) -> bytes:
     ]
     for owner, rd in draw(st.permutations(rdatas)):
         r.answer.append(dns.rrset.from_rdata(owner, 60, rd))
+    # Authority and additional records: glue, stray CNAMEs, and repeats of answer values (which
+    # ``answers`` keeps once). None of them is resolved, whatever its owner.
+    others = st.one_of(
+        ipv4.map(lambda x: dns.rdtypes.IN.A.A(IN, A, x)),
+        ipv6.map(lambda x: dns.rdtypes.IN.AAAA.AAAA(IN, AAAA, x)),
+        names.map(lambda n: dns.rdtypes.ANY.CNAME.CNAME(IN, CNAME, n)),
+        *([st.sampled_from([rd for _owner, rd in rdatas])] if rdatas else []),
+    )
+    for section in (r.authority, r.additional):
+        for rd in draw(st.lists(others, max_size=3)):
+            owner = draw(st.one_of(names, st.sampled_from(chain)))
+            section.append(dns.rrset.from_rdata(owner, 60, rd))
     if draw(st.booleans()):
         r.additional.append(dns.rrset.from_text("ns.example.", 60, "IN", "A", "192.0.2.53"))
     r.set_rcode(draw(st.sampled_from([0, 2, 3])))
@@ -605,9 +744,11 @@ def dns_responses(draw: st.DrawFn) -> bytes:
 
 @settings(max_examples=400, deadline=None)
 @given(dns_responses())
-def test_same_answers_as_dnspython(raw: bytes) -> None:
-    assert reference(raw) is not None
+def test_same_answers_and_resolved_as_dnspython(raw: bytes) -> None:
+    ref = reference(raw)
+    assert ref is not None
     assert_same_as_dnspython(raw)
+    assert set(ref.resolved) <= set(ref.answers)
 
 
 @settings(max_examples=300, deadline=None)
@@ -689,7 +830,9 @@ def pointer_soup(draw: st.DrawFn) -> bytes:
     """A response whose names are labels and compression pointers to any earlier offset.
 
     Exercises the pointer rules (backwards only, no overlap, 16 hops) and the reuse of names
-    already read, where parse_dns and dnspython must agree on every message.
+    already read, where parse_dns and dnspython must agree on every message. The records are
+    spread over the answer, authority and additional sections, whose CNAME targets are read
+    for ``answers`` too.
     """
 
     def name(before: int) -> bytes:
@@ -702,7 +845,9 @@ def pointer_soup(draw: st.DrawFn) -> bytes:
         return out + (0xC000 | draw(st.integers(0, before + len(out)))).to_bytes(2, "big")
 
     count = draw(st.integers(1, 5))
-    raw = bytearray(_header(1, 0x8180, 1, count))
+    an = draw(st.integers(0, count))
+    ns = draw(st.integers(0, count - an))
+    raw = bytearray(_header(1, 0x8180, 1, an, ns, count - an - ns))
     raw += name(len(raw)) + b"\x00\x01\x00\x01"
     for _ in range(count):
         raw += name(len(raw))
@@ -720,6 +865,7 @@ def pointer_soup(draw: st.DrawFn) -> bytes:
 @settings(max_examples=1500, deadline=None)
 @given(pointer_soup())
 def test_compression_pointers_as_dnspython(raw: bytes) -> None:
+    # Compares answers (every section) and resolved (the answer section's chain).
     assert_same_as_dnspython(raw)
 
 
@@ -739,10 +885,11 @@ def test_query_and_response_make_one_observation() -> None:
         "198.51.100.53",
         53,
     )
-    assert (o.ts, o.qname, o.qtype, o.answers, o.rcode, o.ech_config) == (
+    assert (o.ts, o.qname, o.qtype, o.answers, o.resolved, o.rcode, o.ech_config) == (
         100.02,
         "www.example.com",
         "A",
+        ("192.0.2.1",),
         ("192.0.2.1",),
         "NOERROR",
         False,
@@ -761,7 +908,26 @@ def test_observation_json_contract() -> None:
     d = o.to_dict()
     assert d["kind"] == "dns" and d["qname"] == "www.example.com" and d["qtype"] == "HTTPS"
     assert d["answers"] == [] and d["ech_config"] is True and d["rcode"] == "NOERROR"
+    assert d["resolved"] == []
     assert d["sni"] is None and d["ts"] == "1970-01-01T00:00:01.500000Z"
+
+
+def test_glue_reaches_the_observation_in_answers_only() -> None:
+    t = DnsTracker()
+    q = query("www.example.com")
+    feed_query(t, 1.0, q)
+    r = response(
+        q,
+        ("www.example.com.", "CNAME", "edge.example.net."),
+        ("edge.example.net.", "A", "192.0.2.1"),
+    )
+    r.authority.append(dns.rrset.from_text("example.net.", 300, "IN", "NS", "ns.example.net."))
+    r.additional.append(dns.rrset.from_text("ns.example.net.", 300, "IN", "A", "192.0.2.53"))
+    [o] = feed_response(t, 1.1, r)
+    assert o.answers == ("edge.example.net", "192.0.2.1", "192.0.2.53")
+    assert o.resolved == ("edge.example.net", "192.0.2.1")
+    d = o.to_dict()
+    assert (d["answers"], d["resolved"]) == (list(o.answers), list(o.resolved))
 
 
 def test_ipv6_and_tcp() -> None:
@@ -771,10 +937,11 @@ def test_ipv6_and_tcp() -> None:
     # Over TCP, probes.tcp hands over whole messages without their length prefix.
     assert t.message(1.0, CLIENT6, 50000, RESOLVER6, 53, "tcp", wire(q)) == []
     [o] = t.message(1.1, RESOLVER6, 53, CLIENT6, 50000, "tcp", wire(r))
-    assert (o.transport, o.src, o.dst, o.answers) == (
+    assert (o.transport, o.src, o.dst, o.answers, o.resolved) == (
         "tcp",
         "2001:db8::10",
         "2001:db8::53",
+        ("2001:db8::99",),
         ("2001:db8::99",),
     )
 
@@ -784,7 +951,13 @@ def test_unanswered_query_expires_after_timeout_of_packet_time() -> None:
     feed_query(t, 10.0, query("slow.example.com"))
     assert t.expire(11.9) == []
     [o] = t.expire(12.0)
-    assert (o.ts, o.qname, o.answers, o.rcode) == (10.0, "slow.example.com", (), None)
+    assert (o.ts, o.qname, o.answers, o.resolved, o.rcode) == (
+        10.0,
+        "slow.example.com",
+        (),
+        (),
+        None,
+    )
     assert t.stats["unanswered"] == 1 and t.pending == 0
 
 
@@ -822,7 +995,7 @@ def test_retransmit_after_unanswered_emission_and_late_response() -> None:
     [first] = t.expire(1.0)
     assert feed_query(t, 1.5, q) == []  # the same query again: nothing new
     [late] = feed_response(t, 1.6, response(q, ("late.example.com.", "A", "192.0.2.1")))
-    assert first.rcode is None and late.answers == ("192.0.2.1",)
+    assert first.rcode is None and late.answers == late.resolved == ("192.0.2.1",)
     assert (late.src, late.dst) == ("192.0.2.10", "198.51.100.53")
     assert t.stats["late_responses"] == 1 and t.stats["unpaired_responses"] == 0
     assert t.flush() == []
@@ -833,7 +1006,7 @@ def test_response_without_query_is_turned_around() -> None:
     q = query("late-start.example.com")
     [o] = feed_response(t, 3.0, response(q, ("late-start.example.com.", "A", "192.0.2.1")))
     assert (o.src, o.sport, o.dst, o.dport, o.ts) == ("192.0.2.10", 40000, "198.51.100.53", 53, 3.0)
-    assert o.answers == ("192.0.2.1",) and t.stats["unpaired_responses"] == 1
+    assert o.answers == o.resolved == ("192.0.2.1",) and t.stats["unpaired_responses"] == 1
 
 
 def test_duplicate_response_is_dropped() -> None:
@@ -882,6 +1055,16 @@ def test_response_without_question_pairs_by_flow_and_id() -> None:
     formerr = _header(0x1234, 0x8181, 0, 0)
     [o] = t.message(0.1, RESOLVER, 53, CLIENT, 40000, "udp", formerr)
     assert (o.qname, o.rcode) == ("formerr.example.com", "FORMERR")
+    # With a record but still no question: its address is an answer, nothing is resolved.
+    feed_query(t, 1.0, query("formerr.example.com", id=0x4321))
+    formerr = _header(0x4321, 0x8181, 0, 0, 0, 1) + _rr(b"\x00", 1, bytes([192, 0, 2, 9]))
+    [o] = t.message(1.1, RESOLVER, 53, CLIENT, 40000, "udp", formerr)
+    assert (o.qname, o.rcode, o.answers, o.resolved) == (
+        "formerr.example.com",
+        "FORMERR",
+        ("192.0.2.9",),
+        (),
+    )
 
 
 def test_inverse_query_pair() -> None:
@@ -1083,21 +1266,74 @@ def _tshark_fields(path: Path) -> list[list[str]]:
     return [line.split("\t") for line in out.decode("utf-8", "replace").splitlines()]
 
 
+_Response = tuple[str | None, tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass
 class Truth:
     qnames: set[str] = field(default_factory=set)
     flat_answers: set[str] = field(default_factory=set)
     """Every dns.a/dns.aaaa/dns.cname, whichever section it is in (the brief's fields)."""
-    answer_section: set[str] = field(default_factory=set)
-    other_sections: set[str] = field(default_factory=set)
-    responses: collections.Counter[tuple[str | None, tuple[str, ...]]] = field(
-        default_factory=collections.Counter
-    )
-    """(qname, answer-section A/AAAA/CNAME in order) for each response tshark dissects."""
+    not_answers: set[str] = field(default_factory=set)
+    """Values tshark shows in messages that have no ``answers``: queries, and responses to
+    opcodes other than QUERY."""
+    responses: collections.Counter[_Response] = field(default_factory=collections.Counter)
+    """(qname, answers, resolved) for each response tshark dissects: ``answers`` is every
+    dns.a/dns.aaaa/dns.cname of the message in wire order, first occurrence kept (opcode QUERY
+    only); ``resolved`` the answer-section ones whose owner is on the question name's chain."""
 
 
 def _tshark_name(text: str) -> str:
     return "." if text == "<Root>" else text.lower()
+
+
+_VALUE_FIELDS = frozenset({"dns.a", "dns.aaaa", "dns.cname"})
+
+
+def _show(element: ET.Element, name: str) -> str | None:
+    """The ``show`` of the first field called ``name`` under ``element``."""
+    return next((f.get("show", "") for f in element.iter("field") if f.get("name") == name), None)
+
+
+def _values(element: ET.Element) -> list[str]:
+    """dns.a/dns.aaaa/dns.cname under ``element``, in document (wire) order."""
+    return [
+        _tshark_name(f.get("show", ""))
+        for f in element.iter("field")
+        if f.get("name") in _VALUE_FIELDS
+    ]
+
+
+def _tshark_chain(qname: str | None, proto: ET.Element) -> tuple[str, ...]:
+    """Answer-section values on the chain from ``qname``, built from tshark's dissection.
+
+    Owners (dns.resp.name) are followed through CNAME targets (dns.cname) and HTTPS/SVCB
+    AliasMode targets (dns.svcb.svcpriority 0, dns.svcb.targetname), as RFC 1034 section 3.6.2
+    and RFC 9460 section 2.4.2 describe.
+    """
+    if qname is None:
+        return ()
+    records: list[tuple[str, str | None, str | None]] = []  # owner, value, name it leads to
+    for section in proto.findall("field"):
+        if section.get("show") != "Answers":
+            continue
+        for rr in section.findall("field"):
+            owner = _tshark_name(_show(rr, "dns.resp.name") or "")
+            values = _values(rr)
+            value = values[0] if values else None
+            leads = _show(rr, "dns.cname")
+            if _show(rr, "dns.svcb.svcpriority") == "0":
+                leads = _show(rr, "dns.svcb.targetname")
+            records.append((owner, value, None if leads is None else _tshark_name(leads)))
+    chain = {qname}
+    grew = True
+    while grew:
+        grew = False
+        for owner, _value, leads in records:
+            if owner in chain and leads is not None and leads not in chain:
+                chain.add(leads)
+                grew = True
+    return tuple(value for owner, value, _ in records if owner in chain and value is not None)
 
 
 @cache
@@ -1107,40 +1343,24 @@ def truth(name: str) -> Truth:
     for row in _tshark_fields(path):
         t.qnames.update(_tshark_name(q) for q in row[1].split("\x1f") if q)
         for column in row[2:]:
-            t.flat_answers.update(v.lower() for v in column.split("\x1f") if v)
-    # Sections, from the dissection tree. ICMP errors quote DNS packets that we do not read.
+            t.flat_answers.update(_tshark_name(v) for v in column.split("\x1f") if v)
+    # Per message, from the dissection tree. ICMP errors quote DNS packets that we do not read.
     cmd = [
         "tshark", "-n", "-r", str(path), "-Y", "dns && !mdns && !llmnr && !icmp && !icmpv6",
         "-T", "pdml",
     ]  # fmt: skip
     pdml = subprocess.run(cmd, capture_output=True, check=True, timeout=300).stdout
-    wanted = {"dns.a", "dns.aaaa", "dns.cname"}
     for packet in ET.fromstring(pdml).iter("packet"):
-        proto = next(p for p in packet.iter("proto") if p.get("name") == "dns")
-        response = any(
-            f.get("name") == "dns.flags.response" and f.get("show") == "1"
-            for f in proto.iter("field")
-        )
-        qname = next(
-            (
-                _tshark_name(f.get("show", ""))
-                for f in proto.iter("field")
-                if f.get("name") == "dns.qry.name"
-            ),
-            None,
-        )
-        in_answers: list[str] = []
-        for section in proto.findall("field"):
-            values = [
-                f.get("show", "").lower() for f in section.iter("field") if f.get("name") in wanted
-            ]
-            if section.get("show") == "Answers":
-                in_answers += values
-            else:
-                t.other_sections.update(values)
-        if response:
-            t.responses[(qname, tuple(in_answers))] += 1
-            t.answer_section.update(in_answers)
+        for proto in (p for p in packet.iter("proto") if p.get("name") == "dns"):
+            values = _values(proto)
+            qname = _show(proto, "dns.qry.name")
+            qname = None if qname is None else _tshark_name(qname)
+            if _show(proto, "dns.flags.response") != "1" or _show(proto, "dns.flags.opcode") != "0":
+                t.not_answers.update(values)
+                if _show(proto, "dns.flags.response") == "1":
+                    t.responses[(qname, (), ())] += 1
+                continue
+            t.responses[(qname, tuple(dict.fromkeys(values)), _tshark_chain(qname, proto))] += 1
     return t
 
 
@@ -1159,20 +1379,28 @@ def test_capture_questions_match_tshark(name: str) -> None:
 def test_capture_answers_match_tshark(name: str) -> None:
     observed, _stats = ours(name)
     answers = {a for o in observed for a in o.answers}
+    resolved = {a for o in observed for a in o.resolved}
     t = truth(name)
-    assert answers == t.answer_section
-    # tshark's dns.a/dns.aaaa fields also list glue from the authority and additional
-    # sections (name server addresses). They are not answers to the question, and reporting
-    # them would tie the wrong addresses to qname; everything else must be ours.
-    assert t.flat_answers - answers <= t.other_sections
+    # answers: every dns.a/dns.aaaa/dns.cname of every response, glue included.
+    assert answers == {a for _qname, values, _chain in t.responses for a in values}
+    # resolved: only the answer-section values on the question name's chain.
+    assert resolved == {a for _qname, _values, chain in t.responses for a in chain}
+    # Every value tshark's fields show is ours, except in queries and non-QUERY opcodes.
+    assert t.flat_answers - answers <= t.not_answers
 
 
 @pytest.mark.tshark
 @pytest.mark.parametrize("name", DNS_CAPTURES)
 def test_capture_responses_pair_as_tshark_shows(name: str) -> None:
-    """Every response tshark dissects is in exactly one observation, with its answers in order."""
+    """Every response tshark dissects is in exactly one observation, with the same values.
+
+    ``answers`` equal to the response's dns.a/dns.aaaa/dns.cname in wire order (every section)
+    and ``resolved`` to its answer-section chain, response by response.
+    """
     observed, stats = ours(name)
-    answered = collections.Counter((o.qname, o.answers) for o in observed if o.rcode is not None)
+    answered = collections.Counter(
+        (o.qname, o.answers, o.resolved) for o in observed if o.rcode is not None
+    )
     assert answered == truth(name).responses
     assert stats["malformed"] == 0 and stats["duplicate_responses"] == 0
 
@@ -1183,7 +1411,9 @@ def test_dns_capture_observations_in_detail() -> None:
     late_start = by_name["www.l.google.com"]  # frame 1: a response whose query was not captured
     assert (late_start.src, late_start.dport, late_start.qtype) == ("192.168.170.8", 53, "AAAA")
     assert late_start.dst == "192.168.170.20" and late_start.sport == 32795
-    assert by_name["e7.whatsapp.net"].answers[0] == "169.45.219.235"
+    whatsapp = by_name["e7.whatsapp.net"]
+    assert whatsapp.answers[0] == "169.45.219.235" and len(whatsapp.answers) == 8
+    assert whatsapp.resolved == whatsapp.answers  # answer section only, all for the question
     assert stats["unpaired_responses"] == 1 and stats["paired"] == 2
 
 
@@ -1194,4 +1424,12 @@ def test_fragmented_capture_tcp_and_retransmission() -> None:
     # Frames 36 and 37: the same query 5.0 s apart (glibc's retry), one observation.
     assert stats["retransmits"] == 1 and stats["unanswered"] == 0
     pa = next(o for o in observed if o.qname == "pa.weberlab.de")  # reassembled from fragments
-    assert pa.answers == ("2001:470:1f0b:1024::2",)
+    assert pa.resolved == ("2001:470:1f0b:1024::2",)
+    # tshark's dns.aaaa/dns.a: the answer, then the glue of ns1/ns2.weberdns.de (additional).
+    assert pa.answers == (
+        "2001:470:1f0b:1024::2",
+        "2001:470:765b::a25:53",
+        "2001:470:1f0b:16b0::a26:53",
+        "193.24.227.238",
+        "194.247.5.14",
+    )
