@@ -15,7 +15,7 @@ passes time in through the packets, so replaying a capture and watching live sha
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from probes.dns import DNS_PORTS, NOT_EGRESS_PORTS, DnsTracker, looks_like_dns
 from probes.errors import Malformed, MalformedPacket
@@ -28,6 +28,7 @@ from probes.tls import ClientHello, read_handshake_client_hello, tls_version_nam
 # Housekeeping (timeouts of half-open flows, unanswered DNS queries) runs when packet time has
 # moved on by this much, so its cost is spread thin and replay stays deterministic.
 EXPIRE_INTERVAL = 1.0
+_NOTHING: tuple[Observation, ...] = ()
 
 
 class Sensor:
@@ -49,27 +50,37 @@ class Sensor:
         self.malformed_packets = 0
         self.malformed_client_hellos = 0
         self.observations = 0
-        self._next_expire: float | None = None
+        # Packet-time window inside which no housekeeping is due; (0, 0) until the first frame.
+        self._expire_low = 0.0
+        self._expire_high = 0.0
+        self._decode = self.decoder.decode
+        self._segment = self.tcp.segment
 
-    def frame(self, ts: float, linktype: int, frame: bytes) -> list[Observation]:
+    def frame(self, ts: float, linktype: int, frame: bytes) -> Sequence[Observation]:
         """Feed one captured frame; returns the observations it completed (usually none)."""
+        # The hot path: most frames are bulk data of flows already decided. Keep it to one
+        # decode, one comparison and one dict lookup in the reassembler.
         self.frames += 1
-        out: list[Observation] = []
-        nxt = self._next_expire
-        if nxt is None or ts >= nxt or ts < nxt - 2 * EXPIRE_INTERVAL:
-            # The second test catches a clock that jumped backwards (merged captures).
-            if nxt is not None:
-                out.extend(self.expire(ts))
-            self._next_expire = ts + EXPIRE_INTERVAL
+        out: list[Observation] | None = None
+        if not self._expire_low <= ts < self._expire_high:
+            # Also taken when the clock jumps backwards (merged captures).
+            out = self.expire(ts) if self._expire_high else []
+            self._expire_low = ts
+            self._expire_high = ts + EXPIRE_INTERVAL
         try:
-            pkt = self.decoder.decode(ts, linktype, frame)
+            pkt = self._decode(ts, linktype, frame)
         except MalformedPacket:
             self.malformed_packets += 1
-            return out
+            return out or _NOTHING
         if pkt is None:
-            return out
+            return out or _NOTHING
         if pkt.proto == 6:
-            for result in self.tcp.segment(pkt):
+            results = self._segment(pkt)
+            if not results:
+                return out or _NOTHING
+            if out is None:
+                out = []
+            for result in results:
                 if result.client_hello is not None:
                     out.append(self._hello(result.pkt, result.client_hello, "tls", "tcp"))
                 elif result.dns_message is not None:
@@ -80,7 +91,11 @@ class Sensor:
                         )
                     )
         elif pkt.proto == 17:
+            if out is None:
+                out = []
             self._udp(pkt, out)
+        else:
+            return out or _NOTHING
         self.observations += len(out)
         return out
 
@@ -157,8 +172,11 @@ class Sensor:
 
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> Iterator[Observation]:
         """Feed every frame and yield observations as they complete, then the pending ones."""
+        frame = self.frame
         for ts, linktype, data in frames:
-            yield from self.frame(ts, linktype, data)
+            out = frame(ts, linktype, data)
+            if out:
+                yield from out
         yield from self.finish()
 
     def stats(self) -> dict[str, int]:
