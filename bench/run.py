@@ -25,8 +25,16 @@ sys.path.insert(0, str(REPO))
 from bench.synth import write_mixed  # noqa: E402
 
 TSHARK_FIELDS = [
-    "-e", "tls.handshake.extensions_server_name",
-    "-e", "dns.qry.name", "-e", "dns.a", "-e", "dns.aaaa", "-e", "dns.cname",
+    "-e",
+    "tls.handshake.extensions_server_name",
+    "-e",
+    "dns.qry.name",
+    "-e",
+    "dns.a",
+    "-e",
+    "dns.aaaa",
+    "-e",
+    "dns.cname",
 ]
 
 
@@ -41,8 +49,10 @@ def build(name: str, **kwargs: int) -> tuple[Path, dict[str, int]]:
             counts = write_mixed(fh, **kwargs)
         tmp.rename(path)
         meta.write_text(repr(counts))
-        print(f"  built {path.name}: {counts['packets']:,} packets, "
-              f"{path.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - started:.1f} s")
+        print(
+            f"  built {path.name}: {counts['packets']:,} packets, "
+            f"{path.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - started:.1f} s"
+        )
     counts = eval(meta.read_text())  # our own file, written above
     return path, counts
 
@@ -66,11 +76,21 @@ def measure(cmd: list[str]) -> tuple[float, float, bytes]:
 
 def replay_bench(size: str) -> None:
     scale = {"small": 1, "medium": 4, "large": 10}[size]
-    path, counts = build(f"mixed-{scale}x", connections=1000 * scale, quic_connections=100 * scale,
-                         dns_exchanges=500 * scale)
+    path, counts = build(
+        f"mixed-{scale}x",
+        connections=1000 * scale,
+        quic_connections=100 * scale,
+        dns_exchanges=500 * scale,
+    )
     packets = counts["packets"]
-    egress = [str(REPO / ".venv" / "bin" / "egresswatch"), "replay", "--format", "jsonl",
-              "--no-stats", str(path)]
+    egress = [
+        str(REPO / ".venv" / "bin" / "egresswatch"),
+        "replay",
+        "--format",
+        "jsonl",
+        "--no-stats",
+        str(path),
+    ]
     ew_wall, ew_rss, ew_out = measure(egress)
     ew_lines = ew_out.decode().splitlines()
     import json
@@ -81,16 +101,27 @@ def replay_bench(size: str) -> None:
     ew_dns = sum(1 for o in ew_obs if o["kind"] == "dns")
     rows = [("egresswatch replay", ew_wall, ew_rss, f"tls={ew_tls} quic={ew_quic} dns={ew_dns}")]
     if shutil.which("tshark"):
-        tshark = ["tshark", "-n", "-r", str(path), "-Y", "tls.handshake.type == 1 || dns",
-                  "-T", "fields", *TSHARK_FIELDS]
+        tshark = [
+            "tshark",
+            "-n",
+            "-r",
+            str(path),
+            "-Y",
+            "tls.handshake.type == 1 || dns",
+            "-T",
+            "fields",
+            *TSHARK_FIELDS,
+        ]
         ts_wall, ts_rss, ts_out = measure(tshark)
         ts_sni = sum(1 for line in ts_out.decode().splitlines() if line.split("\t")[0])
         rows.append(("tshark -Y ... -T fields", ts_wall, ts_rss, f"sni lines={ts_sni}"))
     else:
         print("  tshark not found: apt install tshark to compare")
-    print(f"\n  capture: {path.name}, {packets:,} packets, {path.stat().st_size / 1e6:,.0f} MB; "
-          f"written: tls={counts['tls']} (out of order {counts['tls_out_of_order']}) "
-          f"quic={counts['quic']} dns={counts['dns']}")
+    print(
+        f"\n  capture: {path.name}, {packets:,} packets, {path.stat().st_size / 1e6:,.0f} MB; "
+        f"written: tls={counts['tls']} (out of order {counts['tls_out_of_order']}) "
+        f"quic={counts['quic']} dns={counts['dns']}"
+    )
     print(f"  {'tool':<26}{'wall s':>9}{'packets/s':>13}{'peak MB':>10}   found")
     for name, wall, rss, found in rows:
         print(f"  {name:<26}{wall:>9.2f}{packets / wall:>13,.0f}{rss:>10.0f}   {found}")
@@ -99,9 +130,13 @@ def replay_bench(size: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--skip-live", action="store_true", help="skip the live-capture CPU bench")
-    parser.add_argument("--sizes", default="small,medium", help="replay capture sizes: small,medium,large")
+    parser.add_argument(
+        "--sizes", default="small,medium", help="replay capture sizes: small,medium,large"
+    )
     args = parser.parse_args()
     print("== replay throughput and memory, egresswatch vs tshark ==")
     for size in args.sizes.split(","):

@@ -99,7 +99,9 @@ def _client_context(alpn: tuple[str, ...]) -> ssl.SSLContext:
     return ctx
 
 
-def client_hello(sni: str | None, alpn: Sequence[str] = ("h2", "http/1.1"), *, big: bool = False) -> bytes:
+def client_hello(
+    sni: str | None, alpn: Sequence[str] = ("h2", "http/1.1"), *, big: bool = False
+) -> bytes:
     """OpenSSL's first flight (the ClientHello record) for ``sni``.
 
     ``big`` offers a long ALPN list so that the hello is about 2 KB, the size of a Chromium
@@ -118,7 +120,9 @@ def client_hello(sni: str | None, alpn: Sequence[str] = ("h2", "http/1.1"), *, b
     return outgoing.read()
 
 
-def quic_initial_datagrams(sni: str, version: int = 1, alpn: Sequence[str] = ("h3",)) -> list[bytes]:
+def quic_initial_datagrams(
+    sni: str, version: int = 1, alpn: Sequence[str] = ("h3",)
+) -> list[bytes]:
     """The datagrams aioquic sends first as a client: Initial(s) carrying the ClientHello."""
     config = QuicConfiguration(is_client=True, alpn_protocols=list(alpn), server_name=sni)
     config.supported_versions = [version]
@@ -127,7 +131,9 @@ def quic_initial_datagrams(sni: str, version: int = 1, alpn: Sequence[str] = ("h
     return [data for data, _addr in conn.datagrams_to_send(now=0.0)]
 
 
-def dns_pair(qname: str, answers: Iterable[str], qtype: str = "A", *, qid: int = 0) -> tuple[bytes, bytes]:
+def dns_pair(
+    qname: str, answers: Iterable[str], qtype: str = "A", *, qid: int = 0
+) -> tuple[bytes, bytes]:
     """A query and its response; an answer that is not an address becomes a CNAME."""
     query = dns.message.make_query(qname, qtype, id=qid)
     response = dns.message.make_response(query)
@@ -147,7 +153,9 @@ def dns_pair(qname: str, answers: Iterable[str], qtype: str = "A", *, qid: int =
 class Traffic:
     """Writes whole conversations, advancing a clock so that packets come in time order."""
 
-    def __init__(self, writer: PcapWriter | PcapngWriter, *, start: float = 1_780_000_000.0, seed: int = 7) -> None:
+    def __init__(
+        self, writer: PcapWriter | PcapngWriter, *, start: float = 1_780_000_000.0, seed: int = 7
+    ) -> None:
         self.writer = writer
         self.now = start
         self.rng = random.Random(seed)
@@ -176,14 +184,22 @@ class Traffic:
         cseq, sseq = self.rng.getrandbits(32), self.rng.getrandbits(32)
         if handshake:
             self._emit(ip_frame(client, server, 6, tcp_segment(cport, sport, cseq, 0, SYN, b"")))
-            self._emit(ip_frame(server, client, 6, tcp_segment(sport, cport, sseq, cseq + 1, SYN | ACK, b"")))
-            self._emit(ip_frame(client, server, 6, tcp_segment(cport, sport, cseq + 1, sseq + 1, ACK, b"")))
+            self._emit(
+                ip_frame(
+                    server, client, 6, tcp_segment(sport, cport, sseq, cseq + 1, SYN | ACK, b"")
+                )
+            )
+            self._emit(
+                ip_frame(client, server, 6, tcp_segment(cport, sport, cseq + 1, sseq + 1, ACK, b""))
+            )
         seq = (cseq + 1) & 0xFFFFFFFF
         ack = (sseq + 1) & 0xFFFFFFFF
         chunks = [first_flight[i : i + mss] for i in range(0, len(first_flight), mss)]
         segments = []
         for chunk in chunks:
-            segments.append(ip_frame(client, server, 6, tcp_segment(cport, sport, seq, ack, ACK | PSH, chunk)))
+            segments.append(
+                ip_frame(client, server, 6, tcp_segment(cport, sport, seq, ack, ACK | PSH, chunk))
+            )
             seq = (seq + len(chunk)) & 0xFFFFFFFF
         order = list(range(len(segments)))
         if out_of_order and len(order) > 1:
@@ -193,26 +209,54 @@ class Traffic:
         if retransmit:
             self._emit(segments[0], 0.2)
         for n in range(down_segments):
-            self._emit(ip_frame(server, client, 6, tcp_segment(sport, cport, ack, seq, ACK, self._bulk)), 0.00001)
+            self._emit(
+                ip_frame(server, client, 6, tcp_segment(sport, cport, ack, seq, ACK, self._bulk)),
+                0.00001,
+            )
             ack = (ack + len(self._bulk)) & 0xFFFFFFFF
             if n % 2:
-                self._emit(ip_frame(client, server, 6, tcp_segment(cport, sport, seq, ack, ACK, b"")), 0.00001)
+                self._emit(
+                    ip_frame(client, server, 6, tcp_segment(cport, sport, seq, ack, ACK, b"")),
+                    0.00001,
+                )
         for _ in range(up_segments):
-            self._emit(ip_frame(client, server, 6, tcp_segment(cport, sport, seq, ack, ACK, self._bulk)), 0.00001)
+            self._emit(
+                ip_frame(client, server, 6, tcp_segment(cport, sport, seq, ack, ACK, self._bulk)),
+                0.00001,
+            )
             seq = (seq + len(self._bulk)) & 0xFFFFFFFF
         self._emit(ip_frame(client, server, 6, tcp_segment(cport, sport, seq, ack, FIN | ACK, b"")))
 
-    def udp(self, src: str, sport: int, dst: str, dport: int, payload: bytes, gap: float = 0.0002) -> None:
+    def udp(
+        self, src: str, sport: int, dst: str, dport: int, payload: bytes, gap: float = 0.0002
+    ) -> None:
         self._emit(ip_frame(src, dst, 17, udp_datagram(sport, dport, payload)), gap)
 
-    def quic(self, client: str, cport: int, server: str, sni: str, version: int = 1, *, reverse: bool = False) -> None:
+    def quic(
+        self,
+        client: str,
+        cport: int,
+        server: str,
+        sni: str,
+        version: int = 1,
+        *,
+        reverse: bool = False,
+    ) -> None:
         datagrams = quic_initial_datagrams(sni, version)
         if reverse:
             datagrams.reverse()
         for data in datagrams:
             self.udp(client, cport, server, 443, data)
 
-    def dns(self, client: str, cport: int, resolver: str, qname: str, answers: Iterable[str], qtype: str = "A") -> None:
+    def dns(
+        self,
+        client: str,
+        cport: int,
+        resolver: str,
+        qname: str,
+        answers: Iterable[str],
+        qtype: str = "A",
+    ) -> None:
         query, response = dns_pair(qname, answers, qtype, qid=self.rng.getrandbits(16))
         self.udp(client, cport, resolver, 53, query)
         self.udp(resolver, 53, client, cport, response, 0.01)
@@ -239,12 +283,19 @@ def write_demo(stream: BinaryIO) -> int:
         port += 7
         traffic.dns(client, port, resolver, name, [addr])
         port += 1
-        traffic.tcp(client, port, addr, 443, client_hello(name, big=name.startswith("api.openai")), out_of_order=name.startswith("api.openai"), down_segments=6)
+        traffic.tcp(
+            client,
+            port,
+            addr,
+            443,
+            client_hello(name, big=name.startswith("api.openai")),
+            out_of_order=name.startswith("api.openai"),
+            down_segments=6,
+        )
     traffic.dns(client, port + 1, resolver, "generativelanguage.googleapis.com", ["142.250.74.106"])
     traffic.quic(client, port + 2, "142.250.74.106", "generativelanguage.googleapis.com", 1)
     traffic.quic(client, port + 3, "142.250.74.106", "gemini.google.com", 0x6B3343CF)
     return traffic.writer.count
-
 
 
 def write_mixed(
@@ -267,7 +318,9 @@ def write_mixed(
     names = [f"host{i}.svc{i % 37}.example.net" for i in range(300)]
     hellos = {n: client_hello(n) for n in names}
     big = {n: client_hello(n, big=True) for n in names[:60]}
-    quics = {n: quic_initial_datagrams(n, 1 if i % 3 else 0x6B3343CF) for i, n in enumerate(names[:50])}
+    quics = {
+        n: quic_initial_datagrams(n, 1 if i % 3 else 0x6B3343CF) for i, n in enumerate(names[:50])
+    }
     counts = {"tls": 0, "tls_out_of_order": 0, "quic": 0, "dns": 0}
     plan = ["tls"] * connections + ["quic"] * quic_connections + ["dns"] * dns_exchanges
     rng.shuffle(plan)
@@ -281,8 +334,13 @@ def write_mixed(
             is_big = name in big and rng.random() < 0.7
             ooo = is_big and rng.random() < 0.5
             traffic.tcp(
-                client, port, server, 443, big[name] if is_big else hellos[name],
-                out_of_order=ooo, retransmit=rng.random() < 0.05,
+                client,
+                port,
+                server,
+                443,
+                big[name] if is_big else hellos[name],
+                out_of_order=ooo,
+                retransmit=rng.random() < 0.05,
                 down_segments=rng.randint(bulk_segments // 2, bulk_segments * 3 // 2),
             )
             counts["tls"] += 1

@@ -47,9 +47,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument(
-    "files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
-)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--format",
     "fmt",
@@ -72,7 +70,7 @@ def replay(files: tuple[Path, ...], fmt: str, stats: bool | None) -> None:
     """
     from probes.capfile import open_capture
 
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     writer = _writer(OutputFormat(fmt), out)
     sensor = Sensor()
     errors: list[str] = []
@@ -177,7 +175,7 @@ def run(interfaces: tuple[str, ...], fmt: str, duration: float | None) -> None:
     """
     from probes.live import LiveCapture
 
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     writer = _writer(OutputFormat(fmt), out)
     try:
         capture = LiveCapture(list(interfaces) or None)

@@ -102,9 +102,7 @@ class Sensor:
     def _udp(self, pkt: Packet, out: list[Observation]) -> None:
         sport, dport = pkt.sport, pkt.dport
         if dport in DNS_PORTS or sport in DNS_PORTS:
-            out.extend(
-                self.dns.message(pkt.ts, pkt.src, sport, pkt.dst, dport, "udp", pkt.payload)
-            )
+            out.extend(self.dns.message(pkt.ts, pkt.src, sport, pkt.dst, dport, "udp", pkt.payload))
             return
         if dport in NOT_EGRESS_PORTS or sport in NOT_EGRESS_PORTS:
             return
@@ -120,9 +118,7 @@ class Sensor:
                 and not payload[3] & 0x40
                 and looks_like_dns(payload)
             ):
-                out.extend(
-                    self.dns.message(pkt.ts, pkt.src, sport, pkt.dst, dport, "udp", payload)
-                )
+                out.extend(self.dns.message(pkt.ts, pkt.src, sport, pkt.dst, dport, "udp", payload))
             return
         for initial in self.quic.datagram(pkt.ts, pkt.src, sport, pkt.dst, dport, payload):
             try:
@@ -196,4 +192,3 @@ class Sensor:
             for key, value in part.items():
                 out[f"{prefix}.{key}"] = value
         return out
-

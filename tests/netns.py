@@ -15,7 +15,10 @@ too, and stale ones left by a killed run are deleted the next time a pair is mad
                 sock = socket.socket(...)         # and so is everything it opens
 
 ``unavailable()`` says why namespaces cannot be made here (not root, no ``ip``, a kernel or
-container that refuses), or ``None``.
+container that refuses), or ``None``. ``veth_pair(mtu=..., gso=False)`` gives wire-sized
+segments instead of GSO super-packets; ``wait_for_port`` and ``wait_for_operstate`` wait (with a
+time limit) for a server or an interface; ``Netns.popen`` processes are stopped before their
+namespace is deleted.
 """
 
 from __future__ import annotations

@@ -38,8 +38,21 @@ class Truth:
 
 
 def _tshark(path: Path, display: str, fields: list[str], *options: str) -> list[list[str]]:
-    cmd = ["tshark", "-n", "-r", str(path), *options, "-Y", display, "-T", "fields",
-           "-E", "occurrence=a", "-E", "aggregator=|"]
+    cmd = [
+        "tshark",
+        "-n",
+        "-r",
+        str(path),
+        *options,
+        "-Y",
+        display,
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=|",
+    ]
     for f in fields:
         cmd += ["-e", f]
     out = subprocess.run(cmd, capture_output=True, check=False, timeout=300).stdout
@@ -52,8 +65,10 @@ def truth(name: str, out_of_order: bool = False) -> Truth:
     opts = ("-o", "tcp.reassemble_out_of_order:TRUE") if out_of_order else ()
     t = Truth()
     for sni, ext_types in _tshark(
-        path, "tls.handshake.type == 1",
-        ["tls.handshake.extensions_server_name", "tls.handshake.extension.type"], *opts,
+        path,
+        "tls.handshake.type == 1",
+        ["tls.handshake.extensions_server_name", "tls.handshake.extension.type"],
+        *opts,
     ):
         names = [s.rstrip(".") for s in sni.split("|") if s]
         if not names:

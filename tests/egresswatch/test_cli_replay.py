@@ -1,4 +1,4 @@
-"""`egresswatch replay` end to end through the installed command: contract, streaming, exit codes."""
+"""`egresswatch replay` end to end through the installed command: contract, exit codes."""
 
 from __future__ import annotations
 
