@@ -7,14 +7,17 @@ complete yet); or :class:`~probes.errors.MalformedPacket` for headers that are i
 short, which the caller counts and drops.
 
 The decoder sees traffic the way tshark shows it: VLAN tags, MPLS and PPPoE are stepped over,
-IP-in-IP, GRE, VXLAN and Geneve tunnels are opened, and fragmented datagrams are reassembled, so
-that a QUIC Initial or a DNS answer on a small-MTU link or inside a tunnel is still found.
+IP-in-IP, GRE, VXLAN, Geneve and GTP-U tunnels are opened, and fragmented datagrams are
+reassembled, so that a QUIC Initial or a DNS answer on a small-MTU link, inside a tunnel or on a
+mobile core's user plane is still found.
 Captures taken with offloads on are normal: checksums are never checked, an IPv4 total length of
 0 (TSO) means "the rest of the frame", and segments bigger than any MTU are fine.
 
 This is the per-packet hot path, and most packets are bulk TCP data that the caller drops at
 once; the common cases therefore use one :func:`struct.unpack_from` per header and no objects
-besides the returned :class:`Packet`.
+besides the returned :class:`Packet`. For the same reason the headers are read by direct
+indexing rather than through :class:`probes.cursor.Cursor`: in a traffic-mirroring capture
+every packet arrives in a VXLAN, Geneve or GRE tunnel, so even the tunnel headers are hot.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ PROTO_UDP: Final = 17
 
 VXLAN_PORT: Final = 4789
 GENEVE_PORT: Final = 6081
+GTPU_PORT: Final = 2152
+_UDP_TUNNEL_PORTS: Final = frozenset({VXLAN_PORT, GENEVE_PORT, GTPU_PORT})
 
 MAX_ENCAPSULATION: Final = 8
 """Tunnels nested deeper than this are treated as malformed, bounding the work per frame."""
@@ -184,7 +189,7 @@ class PacketDecoder:
         short.
         """
         end = len(frame)
-        if linktype == 1:
+        if linktype == LINKTYPE_ETHERNET:
             # IEEE 802.3: destination, source, EtherType (or 802.3 length).
             if end < 14:
                 msg = f"truncated Ethernet header: {end} bytes"
@@ -217,75 +222,44 @@ class PacketDecoder:
             return self._other_link(ts, linktype, frame, end)
 
         # Fast path: TCP or UDP straight over IPv4 without options or IPv6 without extension
-        # headers, which is nearly every packet. Anything unusual, malformed included, falls
-        # through to the general path below, which re-reads the headers and decides.
+        # headers, which is nearly every packet. Anything unusual, malformed included, is left
+        # to the general path, which reads the headers again and decides.
         if etype == _ETH_IPV4:
-            if end - off >= 20:
-                vihl, total, _ident, frag, proto, src, dst = _IP4_HDR(frame, off)
-                if vihl == 0x45 and not frag & 0x3FFF and total >= 20:
-                    l4 = off + 20
-                    stop = off + total
-                    if stop > end:
-                        stop = end
-                    if proto == 6:
-                        if stop - l4 >= 20:
-                            sport, dport, seq, doff, flags = _TCP_HDR(frame, l4)
-                            doff = (doff >> 4) << 2
-                            if doff >= 20 and l4 + doff <= stop:
-                                return Packet(
-                                    ts,
-                                    src,
-                                    dst,
-                                    6,
-                                    sport,
-                                    dport,
-                                    seq,
-                                    flags,
-                                    frame[l4 + doff : stop],
-                                )
-                    elif proto == 17 and stop - l4 >= 8:
-                        sport, dport, length = _UDP_HDR(frame, l4)
-                        if length >= 8 and dport != VXLAN_PORT and dport != GENEVE_PORT:
-                            if l4 + length < stop:
-                                stop = l4 + length
-                            return Packet(
-                                ts, src, dst, 17, sport, dport, 0, 0, frame[l4 + 8 : stop]
-                            )
+            if end - off < 20:
+                return self._ip4(ts, frame, off, end, 0)
+            vihl, total, _ident, frag, proto, src, dst = _IP4_HDR(frame, off)
+            if vihl != 0x45 or frag & 0x3FFF or total < 20:
+                return self._ip4(ts, frame, off, end, 0)
+            l4 = off + 20
+            stop = off + total
+        elif etype == _ETH_IPV6:
+            if end - off < 40 or frame[off] >> 4 != 6:
+                return self._ip6(ts, frame, off, end, 0)
+            plen, proto, src, dst = _IP6_HDR(frame, off)
+            if not plen:
+                return self._ip6(ts, frame, off, end, 0)
+            l4 = off + 40
+            stop = l4 + plen
+        else:
+            return self._ethertype(ts, etype, frame, off, end, 0)
+        if stop > end:
+            stop = end
+        if proto == 6:
+            if stop - l4 >= 20:
+                sport, dport, seq, doff, flags = _TCP_HDR(frame, l4)
+                doff = (doff >> 4) << 2
+                if doff >= 20 and l4 + doff <= stop:
+                    payload = frame[l4 + doff : stop]
+                    return Packet(ts, src, dst, 6, sport, dport, seq, flags, payload)
+        elif proto == 17 and stop - l4 >= 8:
+            sport, dport, length = _UDP_HDR(frame, l4)
+            if length >= 8 and dport not in _UDP_TUNNEL_PORTS:
+                if l4 + length < stop:
+                    stop = l4 + length
+                return Packet(ts, src, dst, 17, sport, dport, 0, 0, frame[l4 + 8 : stop])
+        if etype == _ETH_IPV4:
             return self._ip4(ts, frame, off, end, 0)
-        if etype == _ETH_IPV6:
-            if end - off >= 40 and frame[off] >> 4 == 6:
-                plen, nh, src, dst = _IP6_HDR(frame, off)
-                if plen:
-                    l4 = off + 40
-                    stop = l4 + plen
-                    if stop > end:
-                        stop = end
-                    if nh == 6:
-                        if stop - l4 >= 20:
-                            sport, dport, seq, doff, flags = _TCP_HDR(frame, l4)
-                            doff = (doff >> 4) << 2
-                            if doff >= 20 and l4 + doff <= stop:
-                                return Packet(
-                                    ts,
-                                    src,
-                                    dst,
-                                    6,
-                                    sport,
-                                    dport,
-                                    seq,
-                                    flags,
-                                    frame[l4 + doff : stop],
-                                )
-                    elif nh == 17 and stop - l4 >= 8:
-                        sport, dport, length = _UDP_HDR(frame, l4)
-                        if length >= 8 and dport != VXLAN_PORT and dport != GENEVE_PORT:
-                            if l4 + length < stop:
-                                stop = l4 + length
-                            return Packet(
-                                ts, src, dst, 17, sport, dport, 0, 0, frame[l4 + 8 : stop]
-                            )
-            return self._ip6(ts, frame, off, end, 0)
-        return self._ethertype(ts, etype, frame, off, end, 0)
+        return self._ip6(ts, frame, off, end, 0)
 
     def _other_link(self, ts: float, linktype: int, frame: bytes, end: int) -> Packet | None:
         if linktype in (LINKTYPE_RAW, DLT_RAW_12, DLT_RAW_14):
@@ -486,7 +460,10 @@ class PacketDecoder:
                 if done is None:
                     return None
                 nh, data = done
-                return self._ip6_chain(ts, nh, src, dst, data, 0, len(data), depth)
+                if depth >= MAX_ENCAPSULATION:
+                    msg = "fragments nested too deep"
+                    raise MalformedPacket(msg)
+                return self._ip6_chain(ts, nh, src, dst, data, 0, len(data), depth + 1)
             else:
                 return self._l4(ts, nh, src, dst, buf, off, end, depth)
         return self._l4(ts, nh, src, dst, buf, off, end, depth)
@@ -504,6 +481,16 @@ class PacketDecoder:
         end: int,
         depth: int,
     ) -> Packet | None:
+        while proto == 51:
+            # IPv4 AH (RFC 4302 section 2): next header, length in 4-octet units minus 2.
+            if end - off < 8:
+                msg = "truncated AH header"
+                raise MalformedPacket(msg)
+            proto = buf[off]
+            off += (buf[off + 1] + 2) * 4
+            if off > end:
+                msg = "AH header beyond the packet"
+                raise MalformedPacket(msg)
         if proto == 6:
             # RFC 9293 section 3.1: ports, sequence number, acknowledgment number, data
             # offset, flags; options up to the data offset.
@@ -530,10 +517,21 @@ class PacketDecoder:
                 raise MalformedPacket(msg)
             # A length beyond the packet is a capture cut short, and 0 is a jumbogram
             # (RFC 2675 section 4) or an offloaded super-packet: keep what there is.
-            if dport == VXLAN_PORT:
-                return self._vxlan(ts, buf, off + 8, end, depth)
-            if dport == GENEVE_PORT:
-                return self._geneve(ts, buf, off + 8, end, depth)
+            if dport in _UDP_TUNNEL_PORTS:
+                if dport == VXLAN_PORT:
+                    return self._vxlan(ts, buf, off + 8, end, depth)
+                if dport == GENEVE_PORT:
+                    return self._geneve(ts, buf, off + 8, end, depth)
+                inner = _gtpu_pdu(buf, off + 8, end)
+                if inner is not None:
+                    start, stop = inner
+                    if start < stop and buf[start] >> 4 not in (4, 6):
+                        # An Ethernet or unstructured PDU session (TS 23.501 section 5.6.10).
+                        self.stats["not_ip"] += 1
+                        return None
+                    self._descend(depth)
+                    return self._ip_any(ts, buf, start, stop, depth + 1)
+                # GTP signalling (echo, error indication, ...) is itself the UDP packet.
             return Packet(ts, src, dst, 17, sport, dport, 0, 0, buf[off + 8 : end])
         if proto == 4 or proto == 41:
             # IPv4 (RFC 2003) or IPv6 (RFC 4213 section 3.5, RFC 2473) inside IP.
@@ -622,6 +620,8 @@ class PacketDecoder:
         """
         stats = self.stats
         stats["fragments"] += 1
+        if more and not data:
+            return None
         frags = self._frags
         # Time out by capture time: the oldest sets are first.
         horizon = ts - self.fragment_timeout
@@ -681,3 +681,39 @@ class PacketDecoder:
         self._frag_bytes -= fset.nbytes
         if counter is not None:
             self.stats[counter] += 1
+
+
+def _gtpu_pdu(buf: bytes, off: int, end: int) -> tuple[int, int] | None:
+    """Return the ``(start, end)`` of the user packet inside a GTP-U G-PDU.
+
+    ``None`` means another message type: path management or error signalling, not user data.
+
+    3GPP TS 29.281 section 5.1: flags (version 1, PT 1, E, S, PN), message type (255 is a
+    G-PDU), length of what follows the first 8 bytes, TEID; then, if any of E, S or PN is set,
+    sequence number, N-PDU number and next extension header type; then (section 5.2) extension
+    headers, each with a length in 4-octet units and the type of the next one in its last byte.
+    """
+    if end - off < 8:
+        msg = f"truncated GTP-U header: {end - off} bytes"
+        raise MalformedPacket(msg)
+    flags = buf[off]
+    if flags >> 4 != 0x3 or buf[off + 1] != 0xFF:
+        return None
+    stop = min(end, off + 8 + ((buf[off + 2] << 8) | buf[off + 3]))
+    off += 8
+    if flags & 0x07:
+        if stop - off < 4:
+            msg = "truncated GTP-U optional fields"
+            raise MalformedPacket(msg)
+        next_type = buf[off + 3] if flags & 0x04 else 0
+        off += 4
+        while next_type:
+            if off >= stop or buf[off] == 0:
+                msg = "truncated or empty GTP-U extension header"
+                raise MalformedPacket(msg)
+            off += buf[off] * 4
+            if off > stop:
+                msg = "GTP-U extension header beyond the packet"
+                raise MalformedPacket(msg)
+            next_type = buf[off - 1]
+    return off, stop
