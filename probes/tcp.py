@@ -152,6 +152,11 @@ class TcpReassembler:
     what one flow may hold, and ``max_segments_per_flow`` is also the watching budget;
     ``idle_timeout`` (packet time) ends flows that stop; ``stream_ports`` are the ports (either
     side) whose flows carry length-prefixed DNS messages in both directions.
+
+    ``max_total_bytes`` caps the buffers of all flows together: the per-flow bounds alone would
+    let ``max_flows`` half-sent hellos hold gigabytes. It is checked in :meth:`expire` and after
+    every 1024 new flows (each flow holds at most ``max_flow_bytes``), so the overshoot is
+    bounded too.
     """
 
     def __init__(
@@ -162,12 +167,15 @@ class TcpReassembler:
         max_segments_per_flow: int = 64,
         idle_timeout: float = 120.0,
         stream_ports: frozenset[int] = frozenset({53}),
+        max_total_bytes: int = 32 << 20,
     ) -> None:
         if max_flows < 1 or max_flow_bytes < 1 or max_segments_per_flow < 1:
             msg = "max_flows, max_flow_bytes and max_segments_per_flow must be at least 1"
             raise ValueError(msg)
         self.max_flows = max_flows
         self.max_flow_bytes = max_flow_bytes
+        self.max_total_bytes = max_total_bytes
+        self._created_since_check = 0
         self.max_segments_per_flow = max_segments_per_flow
         self.idle_timeout = idle_timeout
         self.stream_ports = stream_ports
@@ -190,12 +198,15 @@ class TcpReassembler:
                 "retransmissions",
                 "overflow",
                 "gave_up",
+                "memory_evicted",
             ),
             0,
         )
         """Counters: ``segments_tracked`` went past the tombstone fast path; ``not_tls``
         flows were proven to carry no ClientHello; ``overflow`` flows hit a buffer bound;
-        ``gave_up`` flows were watched for their budget without a handshake starting."""
+        ``gave_up`` flows were watched for their budget without a handshake starting;
+        ``memory_evicted`` live flows were dropped, oldest first, to keep all buffers together
+        under ``max_total_bytes``."""
 
     # -- gauges ------------------------------------------------------------------------------
 
@@ -316,9 +327,21 @@ class TcpReassembler:
 
     def _new(self, key: FlowKey, flow: _Flow) -> _Flow:
         self._make_room()
+        self._created_since_check += 1
+        if self._created_since_check >= 1024:
+            self._enforce_memory()
         self._flows[key] = flow
         self.stats["flows_created"] += 1
         return flow
+
+    def _enforce_memory(self) -> None:
+        self._created_since_check = 0
+        flows = self._flows
+        total = sum(f.held() for f in flows.values())
+        while total > self.max_total_bytes and flows:
+            key = next(iter(flows))  # insertion order: the oldest live flow first
+            total -= flows.pop(key).held()
+            self.stats["memory_evicted"] += 1
 
     def _make_room(self) -> None:
         while len(self._flows) + len(self._dead) >= self.max_flows:
@@ -604,6 +627,7 @@ class TcpReassembler:
         for k in stale_dead:
             del dead[k]
         self.stats["flows_expired"] += len(stale) + len(stale_dead)
+        self._enforce_memory()
 
 
 _UNDER_WAY = -2

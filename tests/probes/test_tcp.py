@@ -593,3 +593,28 @@ def test_any_segmentation_any_order_one_hello(
     r = TcpReassembler()
     out = feed(r, ([syn(isn=isn)] if with_syn else []) + pkts)
     assert hellos(out) == [parsed(data)]
+
+
+def test_all_buffers_together_stay_under_max_total_bytes() -> None:
+    """Many flows, each holding a partial hello under its own bound, cannot exceed the total."""
+    limit = 256 << 10
+    r = TcpReassembler(max_total_bytes=limit, max_flows=100_000)
+    head = bytes([0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3F, 0xFC]) + b"\x03\x03" + bytes(1000)
+    for i in range(3000):
+        pkt = Packet(
+            ts=1.0 + i * 1e-4,
+            src=bytes([10, 0, i >> 8 & 0xFF, i & 0xFF]),
+            dst=b"\x0a\x00\x00\x01",
+            proto=6,
+            sport=40000,
+            dport=443,
+            seq=1000,
+            flags=0x18,
+            payload=head,
+        )
+        assert r.segment(pkt) == []
+        # Checked every 1024 new flows: the overshoot is at most that many partial hellos.
+        assert r.buffered_bytes() <= limit + 1024 * len(head)
+    r.expire(2.0)
+    assert r.buffered_bytes() <= limit
+    assert r.stats["memory_evicted"] > 0
