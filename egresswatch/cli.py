@@ -40,6 +40,31 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+STATS_OPTION = click.option(
+    "--stats/--no-stats",
+    default=None,
+    help="At the end, print every packet and parser counter to stderr as JSON (default: a "
+    "one-line summary when stderr is a terminal, nothing otherwise).",
+)
+
+
+def _report(counters: dict[str, int], stats: bool | None) -> None:
+    if stats:
+        click.echo(json.dumps(counters, sort_keys=True), err=True)
+    elif stats is None and sys.stderr.isatty():
+        malformed = sum(v for k, v in counters.items() if "malformed" in k)
+        parts = [
+            f"{counters.get('frames', 0):,} frames",
+            f"{counters.get('observations', 0):,} observations",
+            f"{malformed:,} malformed",
+        ]
+        if "damaged" in counters:
+            parts.append(f"{counters['damaged']:,} damaged records")
+        if "capture.kernel_drops" in counters:
+            parts.append(f"{counters['capture.kernel_drops']:,} dropped by the kernel")
+        click.echo("egresswatch: " + ", ".join(parts) + " (--stats for all counters)", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="egresswatch")
 def main() -> None:
@@ -56,12 +81,7 @@ def main() -> None:
     show_default=True,
     help="jsonl: one Observation per line (DESIGN.md contract); table: aligned columns.",
 )
-@click.option(
-    "--stats/--no-stats",
-    default=None,
-    help="Print packet and parser counters to stderr at the end (default: when stderr is a "
-    "terminal).",
-)
+@STATS_OPTION
 def replay(files: tuple[Path, ...], fmt: str, stats: bool | None) -> None:
     """Analyse pcap/pcapng FILES as if the traffic were live.
 
@@ -108,9 +128,7 @@ def replay(files: tuple[Path, ...], fmt: str, stats: bool | None) -> None:
             writer.close()
         except BrokenPipeError:
             _quiet_broken_pipe()
-    if stats or (stats is None and sys.stderr.isatty()):
-        counters = {**totals, **sensor.stats()}
-        click.echo(json.dumps(counters, sort_keys=True), err=True)
+    _report({**totals, **sensor.stats()}, stats)
     for message in errors:
         click.echo(f"egresswatch: error: {message}", err=True)
     if errors:
@@ -167,7 +185,8 @@ def _quiet_broken_pipe() -> None:
     default=None,
     help="Stop after this many seconds (default: run until interrupted).",
 )
-def run(interfaces: tuple[str, ...], fmt: str, duration: float | None) -> None:
+@STATS_OPTION
+def run(interfaces: tuple[str, ...], fmt: str, duration: float | None, stats: bool | None) -> None:
     """Capture live and print every observation as it happens (needs root or CAP_NET_RAW).
 
     A kernel BPF filter passes only handshakes, DNS and what reassembly needs, so bulk
@@ -211,7 +230,7 @@ def run(interfaces: tuple[str, ...], fmt: str, duration: float | None) -> None:
         writer.close()
         capture.close()
         counters = {**sensor.stats(), **{f"capture.{k}": v for k, v in capture.stats().items()}}
-        click.echo(json.dumps(counters, sort_keys=True), err=True)
+        _report(counters, stats)
 
 
 def _emit(writer: ObservationWriter, obs: Observation) -> None:
