@@ -21,6 +21,9 @@ from probes.errors import CaptureError, ProbeError
 from probes.observation import Observation
 from probes.sensor import Sensor
 
+# How long a stopping `run` may spend reading frames already queued in the capture socket.
+DRAIN_SECONDS = 5.0
+
 
 class OutputFormat(enum.StrEnum):
     """Formats of an Observation stream."""
@@ -215,13 +218,20 @@ def run(interfaces: tuple[str, ...], fmt: str, duration: float | None, stats: bo
     try:
         while not stopping and (deadline is None or time.monotonic() < deadline):
             batch = capture.read_batch(0.25)
-            for ts, linktype, frame in batch:
-                for obs in sensor.frame(ts, linktype, frame):
-                    writer.write(obs)
+            _feed(sensor, writer, batch)
             if not batch:
                 for obs in sensor.expire(time.time()):
                     writer.write(obs)
             writer.close()
+        # Frames that passed the kernel filter before the stop still wait in the socket; they
+        # are the last connections made (in a CI job, the ones just before it ended), so read
+        # them before finishing. Bounded, so a flood cannot keep a stopping agent alive.
+        drain_until = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < drain_until:
+            batch = capture.read_batch(0)
+            if not batch:
+                break
+            _feed(sensor, writer, batch)
     except ProbeError as exc:
         _fail(str(exc), EXIT_INPUT)
     finally:
@@ -231,6 +241,14 @@ def run(interfaces: tuple[str, ...], fmt: str, duration: float | None, stats: bo
         capture.close()
         counters = {**sensor.stats(), **{f"capture.{k}": v for k, v in capture.stats().items()}}
         _report(counters, stats)
+
+
+def _feed(
+    sensor: Sensor, writer: ObservationWriter, batch: list[tuple[float, int, bytes]]
+) -> None:
+    for ts, linktype, frame in batch:
+        for obs in sensor.frame(ts, linktype, frame):
+            writer.write(obs)
 
 
 def _emit(writer: ObservationWriter, obs: Observation) -> None:

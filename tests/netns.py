@@ -280,3 +280,55 @@ def wait_for_port(ns: Netns, port: int, *, udp: bool = False, limit: float = 10.
         time.sleep(0.05)
     msg = f"nothing listens on {'udp' if udp else 'tcp'} port {port} in {ns.name} after {limit} s"
     raise TimeoutError(msg)
+
+
+# -- link tuning for end-to-end tests (tests/test_e2e_live.py) ---------------------------------
+
+
+def disable_offloads(side: Side) -> str | None:
+    """Turn off TSO, GSO and GRO on ``side``'s veth (``ethtool -K``); say why not, or ``None``.
+
+    With them off the kernel hands the capture point wire-sized segments, as a NIC without
+    offloads would; ``veth_pair(gso=False)`` gets most of the way without ethtool.
+    """
+    if shutil.which("ethtool") is None:
+        return "ethtool is not installed (apt install ethtool); offloads left as they are"
+    done = side.ns.run(
+        "ethtool", "-K", side.ifname, "tso", "off", "gso", "off", "gro", "off", check=False
+    )
+    if done.returncode != 0:
+        return f"ethtool -K {side.ifname} failed: {done.stderr.decode(errors='replace').strip()}"
+    return None
+
+
+def set_route_mtu(side: Side, prefix: str, mtu: int) -> None:
+    """Route ``prefix`` out of ``side``'s veth with a locked path MTU of ``mtu``.
+
+    An IPv4 route MTU below the link's gives smaller TCP segments (MSS ``mtu - 40``) and makes the
+    kernel fragment larger UDP datagrams, while IPv6 on the same link keeps the link MTU (an
+    interface MTU below 1280 would switch IPv6 off).
+    """
+    family = "-6" if ":" in prefix else "-4"
+    _ip(family, "-n", side.ns.name, "route", "replace", prefix, "dev", side.ifname,
+        "mtu", "lock", str(mtu))  # fmt: skip
+
+
+def wait_for_file(
+    path: Path, text: str, *, limit: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> str:
+    """Wait until ``path`` holds ``text`` (a process's log line); return the file's text.
+
+    Gives up after ``limit`` seconds, or early when ``proc`` has exited, with
+    :class:`TimeoutError` carrying what the file held.
+    """
+    deadline = time.monotonic() + limit
+    content = ""
+    while time.monotonic() < deadline:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if text in content:
+            return content
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    msg = f"{path} did not show {text!r} within {limit} s: {content[-2000:]!r}"
+    raise TimeoutError(msg)
