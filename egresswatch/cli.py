@@ -243,9 +243,7 @@ def run(interfaces: tuple[str, ...], fmt: str, duration: float | None, stats: bo
         _report(counters, stats)
 
 
-def _feed(
-    sensor: Sensor, writer: ObservationWriter, batch: list[tuple[float, int, bytes]]
-) -> None:
+def _feed(sensor: Sensor, writer: ObservationWriter, batch: list[tuple[float, int, bytes]]) -> None:
     for ts, linktype, frame in batch:
         for obs in sensor.frame(ts, linktype, frame):
             writer.write(obs)
