@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from geo.correlate import DnsCorrelator
 from geo.destination import Destination
-from geo.hosts import HostMatcher, looks_like_ai_api
+from geo.hosts import HostMatch, HostMatcher, looks_like_ai_api
 from geo.register import load_register
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class Enricher:
         looks_like_ai = False
         if host:
             match = self.matcher.match(host)
-            if match.matched:
+            if isinstance(match, HostMatch):
                 endpoint = match.endpoint
                 provider = match.provider.id
                 provider_name = match.provider.name
