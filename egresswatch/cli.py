@@ -14,9 +14,11 @@ from typing import IO, NoReturn
 
 import click
 
-from egresswatch import __version__
+from egresswatch import __version__, paths
+from egresswatch.enrichment import ObservationEnricher
 from egresswatch.errors import EXIT_INPUT, EXIT_OK, EgressWatchError
 from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter
+from geo.enrich import Enricher
 from probes.errors import CaptureError, ProbeError
 from probes.observation import Observation
 from probes.sensor import Sensor
@@ -42,6 +44,14 @@ def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"egresswatch: error: {message}", err=True)
     sys.exit(code)
 
+
+GEO_DIR_OPTION = click.option(
+    "--geo-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of IP databases (*.mmdb) and cloud range files; default $EGRESSWATCH_GEO_DIR, "
+    "else 'geo' beside the database. Missing files leave their fields null.",
+)
 
 STATS_OPTION = click.option(
     "--stats/--no-stats",
@@ -84,8 +94,9 @@ def main() -> None:
     show_default=True,
     help="jsonl: one Observation per line (DESIGN.md contract); table: aligned columns.",
 )
+@GEO_DIR_OPTION
 @STATS_OPTION
-def replay(files: tuple[Path, ...], fmt: str, stats: bool | None) -> None:
+def replay(files: tuple[Path, ...], fmt: str, geo_dir: Path | None, stats: bool | None) -> None:
     """Analyse pcap/pcapng FILES as if the traffic were live.
 
     Streams: observations are written as they complete and memory stays flat however large
@@ -96,6 +107,7 @@ def replay(files: tuple[Path, ...], fmt: str, stats: bool | None) -> None:
     out = sys.stdout
     writer = _writer(OutputFormat(fmt), out)
     sensor = Sensor()
+    enrich = ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)))
     errors: list[str] = []
     show_progress = sys.stderr.isatty() and not out.isatty()
     totals = {"packets": 0, "damaged": 0}
@@ -121,7 +133,7 @@ def replay(files: tuple[Path, ...], fmt: str, stats: bool | None) -> None:
 
     try:
         for obs in sensor.run(frames()):
-            writer.write(obs)
+            writer.write(enrich(obs))
     except BrokenPipeError:
         # `egresswatch replay big.pcap | head` is normal use, not an error.
         _quiet_broken_pipe()
@@ -262,3 +274,134 @@ def entry() -> None:
         main(standalone_mode=True)
     except EgressWatchError as exc:
         _fail(str(exc), exc.exit_code)
+
+
+class InfoFormat(enum.StrEnum):
+    """Formats of the informational commands."""
+
+    JSON = "json"
+    TABLE = "table"
+
+
+@main.command()
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    metavar="ROLE",
+    help="Only endpoints with this role (inference, coding-tool, telemetry, auth, gateway, doh, "
+    "control-plane, download); repeatable.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in InfoFormat]),
+    default=InfoFormat.TABLE.value,
+    show_default=True,
+    help="json: the whole register with sources and dates; table: one row per endpoint.",
+)
+def providers(roles: tuple[str, ...], fmt: str) -> None:
+    """List the provider register: who runs which AI endpoints, and where they say they process."""
+    from egresswatch.render_info import providers_json, providers_table
+    from geo.register import ROLES, load_register
+
+    unknown = sorted(set(roles) - ROLES)
+    if unknown:
+        msg = f"unknown role {unknown[0]!r}; roles are {', '.join(sorted(ROLES))}"
+        raise click.BadParameter(msg, param_hint="--role")
+    register = load_register()
+    if InfoFormat(fmt) is InfoFormat.JSON:
+        click.echo(providers_json(register, set(roles)))
+    else:
+        providers_table(register, set(roles), sys.stdout)
+
+
+@main.group()
+def geo() -> None:
+    """Where is an endpoint: look names and IPs up, refresh the geo data folder."""
+
+
+@geo.command("lookup")
+@click.argument("target", metavar="NAME|IP")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in InfoFormat]),
+    default=InfoFormat.TABLE.value,
+    show_default=True,
+    help="json: one object with the enrichment fields and the source of each.",
+)
+@GEO_DIR_OPTION
+def geo_lookup(target: str, fmt: str, geo_dir: Path | None) -> None:
+    """Everything known about a host name or an IP address."""
+    import ipaddress
+
+    from egresswatch.render_info import destination_table
+
+    enricher = Enricher.from_geo_dir(paths.geo_dir(geo_dir))
+    try:
+        ip: str | None = str(ipaddress.ip_address(target.strip("[]")))
+        name = None
+    except ValueError:
+        ip, name = None, target
+    dest = enricher.destination(name, ip, host_source="query" if name else None)
+    if InfoFormat(fmt) is InfoFormat.JSON:
+        click.echo(json.dumps(dest.to_dict(), ensure_ascii=False))
+    else:
+        destination_table(dest, sys.stdout)
+
+
+@geo.command("update")
+@GEO_DIR_OPTION
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    metavar="NAME",
+    help="Only this source (aws, gcp, azure, oci, cloudflare-v4, cloudflare-v6, maxmind-city, "
+    "maxmind-country, maxmind-asn, ipinfo-lite, dbip-city-lite, dbip-asn-lite); repeatable.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in InfoFormat]),
+    default=InfoFormat.TABLE.value,
+    show_default=True,
+    help="json: the full report of what changed.",
+)
+def geo_update(geo_dir: Path | None, sources: tuple[str, ...], fmt: str) -> None:
+    """Download IP databases and cloud range files into the geo data folder.
+
+    Each file is written atomically after it validates; a failed or corrupt download leaves the
+    old file in place. Account keys come from the environment (EGRESSWATCH_MAXMIND_ACCOUNT_ID,
+    EGRESSWATCH_MAXMIND_LICENSE_KEY, EGRESSWATCH_IPINFO_TOKEN), never the command line; sources
+    without one are skipped. Every URL can be overridden with EGRESSWATCH_GEO_URL_<NAME>.
+    Exit 3 when a source failed.
+    """
+    from geo.errors import GeoUpdateError
+    from geo.update import ProgressEvent, source_names, update_geo_dir
+
+    unknown = sorted(set(sources) - set(source_names()))
+    if unknown:
+        msg = f"unknown source {unknown[0]!r}; sources are {', '.join(source_names())}"
+        raise click.BadParameter(msg, param_hint="--source")
+    folder = paths.geo_dir(geo_dir)
+    interactive = sys.stderr.isatty()
+
+    def progress(event: ProgressEvent) -> None:
+        if interactive and event.phase in ("start", "done"):
+            state = event.result.status if event.result is not None else "..."
+            click.echo(f"[{event.index + 1}/{event.count}] {event.source}: {state}", err=True)
+
+    try:
+        report = update_geo_dir(folder, sources=list(sources) or None, progress=progress)
+    except GeoUpdateError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    if InfoFormat(fmt) is InfoFormat.JSON:
+        click.echo(json.dumps(report.as_dict(), default=str))
+    else:
+        click.echo(f"geo data folder: {folder}")
+        for result in report.results:
+            click.echo(f"  {result.describe()}")
+    if report.failed:
+        sys.exit(EXIT_INPUT)
