@@ -15,7 +15,7 @@ from typing import IO, NoReturn
 import click
 
 from egresswatch import __version__, paths
-from egresswatch.enrichment import ObservationEnricher
+from egresswatch.enrichment import EnrichingWriter, ObservationEnricher
 from egresswatch.errors import EXIT_INPUT, EXIT_OK, EgressWatchError
 from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter
 from geo.enrich import Enricher
@@ -106,8 +106,10 @@ def replay(files: tuple[Path, ...], fmt: str, geo_dir: Path | None, stats: bool 
 
     out = sys.stdout
     writer = _writer(OutputFormat(fmt), out)
+    writer = EnrichingWriter(
+        writer, ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)))
+    )
     sensor = Sensor()
-    enrich = ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)))
     errors: list[str] = []
     show_progress = sys.stderr.isatty() and not out.isatty()
     totals = {"packets": 0, "damaged": 0}
@@ -133,7 +135,7 @@ def replay(files: tuple[Path, ...], fmt: str, geo_dir: Path | None, stats: bool 
 
     try:
         for obs in sensor.run(frames()):
-            writer.write(enrich(obs))
+            writer.write(obs)
     except BrokenPipeError:
         # `egresswatch replay big.pcap | head` is normal use, not an error.
         _quiet_broken_pipe()
@@ -200,8 +202,15 @@ def _quiet_broken_pipe() -> None:
     default=None,
     help="Stop after this many seconds (default: run until interrupted).",
 )
+@GEO_DIR_OPTION
 @STATS_OPTION
-def run(interfaces: tuple[str, ...], fmt: str, duration: float | None, stats: bool | None) -> None:
+def run(
+    interfaces: tuple[str, ...],
+    fmt: str,
+    duration: float | None,
+    geo_dir: Path | None,
+    stats: bool | None,
+) -> None:
     """Capture live and print every observation as it happens (needs root or CAP_NET_RAW).
 
     A kernel BPF filter passes only handshakes, DNS and what reassembly needs, so bulk
@@ -215,6 +224,9 @@ def run(interfaces: tuple[str, ...], fmt: str, duration: float | None, stats: bo
         capture = LiveCapture(list(interfaces) or None)
     except CaptureError as exc:
         _fail(str(exc), EXIT_INPUT)
+    writer = EnrichingWriter(
+        writer, ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)))
+    )
     sensor = Sensor()
     stopping = False
 

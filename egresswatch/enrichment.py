@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
+from egresswatch.output import ObservationWriter
 from geo.enrich import Enricher
 from probes.observation import Observation
 
@@ -46,3 +47,17 @@ class ObservationEnricher:
         else:
             dest = enricher.destination(obs.sni, obs.dst, now=obs.ts)
         return replace(obs, extra={**obs.extra, **dest.fields()})
+
+
+class EnrichingWriter:
+    """An ObservationWriter that enriches each observation before passing it on."""
+
+    def __init__(self, writer: ObservationWriter, enrich: ObservationEnricher) -> None:
+        self._writer = writer
+        self._enrich = enrich
+
+    def write(self, obs: Observation) -> None:
+        self._writer.write(self._enrich(obs))
+
+    def close(self) -> None:
+        self._writer.close()

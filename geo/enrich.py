@@ -44,11 +44,16 @@ class Enricher:
         self.misses = 0
 
     @classmethod
-    def from_geo_dir(cls, geo_dir: str | Path | None) -> Enricher:
-        """The packaged register plus whatever databases and range files ``geo_dir`` holds."""
+    def from_geo_dir(cls, geo_dir: str | Path | None, *, safe: bool = True) -> Enricher:
+        """The packaged register plus whatever databases and range files ``geo_dir`` holds.
+
+        ``safe`` reads MaxMind-format databases with maxminddb's pure-Python decoder: its C
+        extension can crash the process on a database damaged in place, and an agent must not
+        die of a bad file. The cost is small because IP facts are cached.
+        """
         from geo.ipintel import IpIntel
 
-        return cls(intel=IpIntel.from_dir(geo_dir))
+        return cls(intel=IpIntel.from_dir(geo_dir, safe=safe))
 
     def learn_dns(self, qname: str, addresses: tuple[str, ...] | list[str], ts: float) -> None:
         """Feed a DNS answer to the correlator (the addresses that serve ``qname``)."""

@@ -247,9 +247,13 @@ class IpIntel:
         *,
         regions: RegionTable | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        safe: bool = False,
     ) -> IpIntel:
         """Load what ``geo_dir`` holds. No folder, a missing folder or no usable file gives an
-        empty intel (every lookup all None), never an error; unusable files are in ``skipped``."""
+        empty intel (every lookup all None), never an error; unusable files are in ``skipped``.
+
+        ``safe=True`` reads the databases with ``maxminddb``'s pure-Python reader (see
+        :func:`geo.mmdb.open_mmdb`): slower cold lookups, no C code touching the files."""
         if geo_dir is None:
             return cls(regions=regions, cache_size=cache_size)
         folder = Path(geo_dir)
@@ -260,7 +264,7 @@ class IpIntel:
         if not usable:
             reason = "not a folder" if folder.exists() else "no such folder"
             return cls(regions=regions, skipped=[(str(folder), reason)], cache_size=cache_size)
-        readers, mmdb_skipped = load_mmdbs(folder)
+        readers, mmdb_skipped = load_mmdbs(folder, safe=safe)
         range_files, range_skipped = load_ranges(folder)
         return cls(
             readers,

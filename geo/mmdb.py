@@ -24,7 +24,7 @@ record could not be decoded (``error``). Never an exception.
 
    Other MaxMind products (``GeoIP2-Anonymous-IP``, ``-Connection-Type``, ``-Domain``) say nothing
    about location or AS and are skipped with a note.
-2. The first records (:data:`PROBE_RECORDS` of them, in tree order) must have that layout:
+2. The first records (:data:`PROBE_RECORDS` of them, in address order) must have that layout:
    ``autonomous_system_number`` for an ASN database; a ``country`` / ``registered_country`` /
    ``continent`` map for City and Country (City when a record has ``city`` or ``location``);
    flat ``country_code`` / ``asn`` text fields for IPinfo, whose kind is ``country-asn`` with
@@ -33,7 +33,12 @@ record could not be decoded (``error``). Never an exception.
    match no layout, the file is skipped with a note saying what was seen.
 
 A file that ``maxminddb`` cannot open (truncated, not a MaxMind DB, unreadable) or whose first
-records do not decode is skipped with the reason. :func:`load_mmdbs` never raises.
+records do not decode is skipped with the reason. :func:`load_mmdbs` never raises, and its checks
+cannot crash or hang: they use ``maxminddb``'s pure-Python decoder and a bounded walk of the
+search tree (:func:`probe_records`). Lookups use the C extension for speed; it can crash the
+process on a data section damaged in place (seen with maxminddb 3.2.0 on randomly corrupted
+files; truncated and foreign files are refused cleanly at open), so ``safe=True`` keeps lookups
+on the pure-Python reader, and a file should be verified when it enters the folder.
 
 The MaxMind and DB-IP readers interpret records with ``geoip2``'s models (DB-IP publishes its
 Lite databases in the GeoIP2 layouts, with fewer fields); the IPinfo reader reads its flat records
@@ -45,7 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import itertools
+import mmap
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -56,6 +61,8 @@ from typing import Any, ClassVar, Literal, cast
 
 import geoip2.models
 import maxminddb
+from maxminddb.decoder import Decoder
+from maxminddb.reader import Metadata
 from maxminddb.types import Record
 
 from geo.errors import MmdbFileError
@@ -69,6 +76,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PROBE_RECORDS = 16
 """How many records :func:`open_mmdb` decodes to check a database's layout."""
+PROBE_NODES = 100_000
+"""How many search-tree nodes the probe visits at most looking for those records."""
 
 _LOCALES = ("en",)
 
@@ -393,8 +402,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_mmdb(path: str | Path) -> MmdbReader:
+def open_mmdb(path: str | Path, *, safe: bool = False) -> MmdbReader:
     """Open one database and return the reader for its layout.
+
+    The checks run on ``maxminddb``'s pure-Python reader, whose decoder bounds its work and
+    raises on bad data, and on a bounded walk of the search tree (:func:`probe_records`), so a
+    damaged file gives an error here, never a crash or a hang. Lookups then use the C extension
+    where it is installed; ``safe=True`` keeps them on the pure-Python reader, which is 15 to 40
+    times slower but cannot crash on a data section damaged past the probed records (the C
+    extension can: see the project notes).
 
     Raises :class:`MmdbFileError` (with ``path``) when the file cannot be opened or decoded, or
     is of a kind or layout this module does not read; the message says what was seen.
@@ -405,71 +421,30 @@ def open_mmdb(path: str | Path) -> MmdbReader:
         msg = "not a regular file"
         raise MmdbFileError(msg, path=where)
     try:
-        db = maxminddb.open_database(where)
+        checker = maxminddb.open_database(where, maxminddb.MODE_MMAP)
     except (OSError, ValueError, maxminddb.InvalidDatabaseError, TypeError, LookupError) as exc:
         msg = f"not a readable MaxMind DB: {exc}"
         raise MmdbFileError(msg, path=where) from exc
     try:
-        return _reader_for(db, path)
-    except BaseException:
-        db.close()
-        raise
-
-
-def _reader_for(db: maxminddb.Reader, path: Path) -> MmdbReader:
-    where = str(path)
-    meta = db.metadata()
-    database_type = str(meta.database_type)
-    try:
-        sample = list(itertools.islice(iter(db), PROBE_RECORDS))
-    except (maxminddb.InvalidDatabaseError, ValueError, TypeError, LookupError) as exc:
-        msg = f"corrupt: its first records do not decode ({exc})"
+        meta = checker.metadata()
+        records = probe_records(path, meta)
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read: {exc}"
         raise MmdbFileError(msg, path=where) from exc
-    records = [record for _, record in sample if isinstance(record, dict)]
-    if len(records) != len(sample):
-        msg = f"{database_type!r} holds records that are not maps; layout not read"
-        raise MmdbFileError(msg, path=where)
-    if not records:
-        msg = f"{database_type!r} holds no records"
-        raise MmdbFileError(msg, path=where)
-
-    by_type = kind_from_type(database_type)
-    by_records = kind_from_records(records)
-    detected_by: Literal["database_type", "record layout"] = "database_type"
-    if by_type is not None and by_type[0] != "ipinfo" and by_type[1] is None:
-        msg = f"{database_type!r} is not a location or AS database; not read"
-        raise MmdbFileError(msg, path=where)
-    if by_records is None:
-        msg = f"{database_type!r}: {_describe(records)} match no layout read here"
-        raise MmdbFileError(msg, path=where)
-    family, kind = by_records
-    layout: MmdbLayout
-    if by_type is None:
-        detected_by = "record layout"
-        layout = "ipinfo" if family == "ipinfo" else "maxmind"
-    else:
-        layout, named = by_type
-        agrees = (layout == "ipinfo") == (family == "ipinfo") and named in (None, kind)
-        # A City database whose first records are all country-level is still a City database.
-        agrees = agrees or (named == "city" and kind == "country")
-        if not agrees:
-            msg = (
-                f"database_type {database_type!r} says {layout} {named}, but the records look "
-                f"like {'IPinfo' if family == 'ipinfo' else 'GeoIP2'} {kind}; not read"
-            )
-            raise MmdbFileError(msg, path=where)
-        if named is not None:
-            kind = named
+    finally:
+        checker.close()
+    layout, kind, detected_by = _layout(str(meta.database_type), records, where)
     try:
         sha = _sha256(path)
-    except OSError as exc:
-        msg = f"cannot read: {exc.strerror or exc}"
+        db = maxminddb.open_database(where, maxminddb.MODE_MMAP if safe else maxminddb.MODE_AUTO)
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+        msg = f"cannot read: {exc}"
         raise MmdbFileError(msg, path=where) from exc
     info = MmdbInfo(
         path=where,
         kind=kind,
         layout=layout,
-        database_type=database_type,
+        database_type=str(meta.database_type),
         built=datetime.fromtimestamp(int(meta.build_epoch), tz=UTC),
         sha256=sha,
         ip_version=int(meta.ip_version),
@@ -478,8 +453,119 @@ def _reader_for(db: maxminddb.Reader, path: Path) -> MmdbReader:
     return READERS[layout, kind](db, info)
 
 
-def load_mmdbs(geo_dir: str | Path) -> tuple[list[MmdbReader], list[tuple[str, str]]]:
-    """Open every ``*.mmdb`` directly in ``geo_dir`` (sorted by name).
+def probe_records(
+    path: Path, meta: Metadata, limit: int = PROBE_RECORDS
+) -> list[dict[str, Record]]:
+    """The first ``limit`` distinct records of the database's search tree, in address order.
+
+    A cursor over the file's bytes walks the tree depth first, at most :data:`PROBE_NODES`
+    nodes and never deeper than an address is long; ``maxminddb``'s own iterator has neither
+    bound, so a damaged tree could send it down an exponential number of paths. Records are
+    decoded by ``maxminddb``'s pure-Python decoder, which bounds its own work. Raises
+    :class:`MmdbFileError` for a damaged tree or record, or when the walk finds no record.
+    """
+    where = str(path)
+
+    def corrupt(problem: str) -> MmdbFileError:
+        return MmdbFileError(f"corrupt: {problem}", path=where)
+
+    node_count, record_size = int(meta.node_count), int(meta.record_size)
+    if record_size not in (24, 28, 32):
+        msg = f"record size {record_size} (24, 28 or 32 expected)"
+        raise corrupt(msg)
+    bits = 128 if meta.ip_version == 6 else 32
+    node_bytes = record_size // 4
+    tree_size = node_count * node_bytes
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if tree_size + 16 > len(buf):
+            msg = "search tree larger than the file"
+            raise corrupt(msg)
+
+        def child(node: int, right: int) -> int:
+            base = node * node_bytes
+            if record_size == 24:
+                return int.from_bytes(buf[base + 3 * right : base + 3 * right + 3], "big")
+            if record_size == 32:
+                return int.from_bytes(buf[base + 4 * right : base + 4 * right + 4], "big")
+            # 28 bits: the middle byte's high nibble belongs to the left record.
+            if right:
+                return int.from_bytes(buf[base + 3 : base + 7], "big") & 0x0FFFFFFF
+            word = int.from_bytes(buf[base : base + 4], "big")
+            return (word >> 8) | ((word & 0xF0) << 20)
+
+        offsets: list[int] = []
+        seen: set[int] = set()
+        stack = [(0, 0)]
+        visits = 0
+        while stack and len(offsets) < limit and visits < PROBE_NODES:
+            node, depth = stack.pop()
+            visits += 1
+            if depth >= bits:
+                msg = f"search tree deeper than a {bits}-bit address"
+                raise corrupt(msg)
+            for right in (1, 0):  # the left branch (lower addresses) is popped first
+                record = child(node, right)
+                if record < node_count:
+                    stack.append((record, depth + 1))
+                elif record > node_count:
+                    offset = record - node_count + tree_size
+                    if offset >= len(buf):
+                        msg = "search tree points past the end of the file"
+                        raise corrupt(msg)
+                    if offset not in seen:
+                        seen.add(offset)
+                        offsets.append(offset)
+        if not offsets:
+            msg = f"holds no records (walked {visits} search-tree nodes)"
+            raise MmdbFileError(msg, path=where)
+        decoder = Decoder(buf, tree_size + 16)
+        records: list[dict[str, Record]] = []
+        for offset in sorted(offsets)[:limit]:
+            try:
+                value, _ = decoder.decode(offset)
+            except (maxminddb.InvalidDatabaseError, ValueError, LookupError, TypeError) as exc:
+                msg = f"a record does not decode ({exc})"
+                raise corrupt(msg) from exc
+            if not isinstance(value, dict):
+                msg = f"records that are {type(value).__name__}, not maps; layout not read"
+                raise MmdbFileError(msg, path=where)
+            records.append(value)
+        return records
+
+
+def _layout(
+    database_type: str, records: list[dict[str, Record]], where: str
+) -> tuple[MmdbLayout, MmdbKind, Literal["database_type", "record layout"]]:
+    """Layout, kind and how they were told, from the metadata and the probed records."""
+    by_type = kind_from_type(database_type)
+    by_records = kind_from_records(records)
+    if by_type is not None and by_type[0] != "ipinfo" and by_type[1] is None:
+        msg = f"{database_type!r} is not a location or AS database; not read"
+        raise MmdbFileError(msg, path=where)
+    if by_records is None:
+        msg = f"{database_type!r}: {_describe(records)} match no layout read here"
+        raise MmdbFileError(msg, path=where)
+    family, kind = by_records
+    if by_type is None:
+        return ("ipinfo" if family == "ipinfo" else "maxmind"), kind, "record layout"
+    layout, named = by_type
+    agrees = (layout == "ipinfo") == (family == "ipinfo") and named in (None, kind)
+    # A City database whose first records are all country-level is still a City database.
+    agrees = agrees or (named == "city" and kind == "country")
+    if not agrees:
+        msg = (
+            f"database_type {database_type!r} says {layout} {named}, but the records look "
+            f"like {'IPinfo' if family == 'ipinfo' else 'GeoIP2'} {kind}; not read"
+        )
+        raise MmdbFileError(msg, path=where)
+    return layout, named or kind, "database_type"
+
+
+def load_mmdbs(
+    geo_dir: str | Path, *, safe: bool = False
+) -> tuple[list[MmdbReader], list[tuple[str, str]]]:
+    """Open every ``*.mmdb`` directly in ``geo_dir`` (sorted by name); ``safe`` as in
+    :func:`open_mmdb`.
 
     Returns the readers and, for each file not used, ``(path, reason)``. Never raises: a missing
     folder gives two empty lists.
@@ -493,7 +579,7 @@ def load_mmdbs(geo_dir: str | Path) -> tuple[list[MmdbReader], list[tuple[str, s
     skipped: list[tuple[str, str]] = []
     for path in paths:
         try:
-            readers.append(open_mmdb(path))
+            readers.append(open_mmdb(path, safe=safe))
         except MmdbFileError as exc:
             skipped.append((str(path), exc.problem))
         except Exception as exc:  # a broken file must not stop the others, whatever it raises

@@ -360,6 +360,13 @@ def test_unusable_files_are_listed_and_the_rest_still_used(tmp_path: Path) -> No
     assert (facts.asn, facts.anycast, facts.country) == (13335, True, None)
 
 
+def test_safe_mode_gives_the_same_facts(sample: IpIntel) -> None:
+    safe = IpIntel.from_dir(SAMPLE_DIR, safe=True)
+    for ip in ("3.124.0.20", "198.51.100.1", "162.159.140.245", "2a05:d014::1", "10.0.0.1"):
+        assert safe.lookup(ip) == sample.lookup(ip)
+    safe.close()
+
+
 def test_record_layout_note_in_files(tmp_path: Path) -> None:
     folder = tmp_path / "geo"
     write_mmdb(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from geo.mmdb import (
     kind_from_type,
     load_mmdbs,
     open_mmdb,
+    probe_records,
 )
 from geo.sample.build import (
     LAYOUTS,
@@ -414,9 +417,48 @@ def test_corrupt_search_tree_is_caught_by_the_probe(tmp_path: Path) -> None:
     (tmp_path / "bad.mmdb").write_bytes(bytes(data))
     readers, skipped = load_mmdbs(tmp_path)
     assert readers == []
-    assert skipped[0][1].startswith("corrupt: its first records do not decode") or (
-        "holds no records" in skipped[0][1]
-    )
+    assert skipped == [
+        (str(tmp_path / "bad.mmdb"), "corrupt: search tree points past the end of the file")
+    ]
+
+
+def _rewrite_tree(tmp_path: Path, wire: Callable[[int, int], tuple[int, int]]) -> Path:
+    """The City sample with each node's (left, right) records replaced by ``wire(node, count)``."""
+    path = SAMPLE_FILES["GeoLite2-City.mmdb"]
+    with maxminddb.open_database(str(path), maxminddb.MODE_MMAP) as db:
+        meta = db.metadata()
+    assert meta.record_size == 24
+    data = bytearray(path.read_bytes())
+    for node in range(meta.node_count):
+        left, right = wire(node, meta.node_count)
+        data[node * 6 : node * 6 + 6] = left.to_bytes(3, "big") + right.to_bytes(3, "big")
+    out = tmp_path / "rewired.mmdb"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_exponential_tree_does_not_hang_the_probe(tmp_path: Path) -> None:
+    # Both branches of node n lead to node n + 1, up to a depth an address can have, then to
+    # nothing: 2**127 paths and not one record. maxminddb's iterator would walk them all.
+    path = _rewrite_tree(tmp_path, lambda n, count: (n + 1, n + 1) if n < 127 else (count, count))
+    started = time.perf_counter()
+    with pytest.raises(MmdbFileError, match=r"holds no records \(walked 100000 search-tree"):
+        open_mmdb(path)
+    assert time.perf_counter() - started < 10
+
+
+def test_tree_deeper_than_an_address_is_corrupt(tmp_path: Path) -> None:
+    path = _rewrite_tree(tmp_path, lambda n, count: (min(n + 1, count), count))
+    with pytest.raises(MmdbFileError, match="deeper than a 128-bit address"):
+        open_mmdb(path)
+
+
+def test_probe_finds_records_in_address_order() -> None:
+    with maxminddb.open_database(str(SAMPLE_FILES["GeoLite2-ASN.mmdb"]), maxminddb.MODE_MMAP) as db:
+        meta = db.metadata()
+    records = probe_records(SAMPLE_FILES["GeoLite2-ASN.mmdb"], meta, limit=100)
+    numbers = {r["autonomous_system_number"] for r in records}
+    assert numbers == {row.asn for row in ROWS if row.asn is not None}
 
 
 def test_a_record_that_fails_at_lookup_is_an_error_fact_not_an_exception() -> None:
@@ -453,20 +495,31 @@ def test_a_malformed_record_is_an_error_fact(tmp_path: Path) -> None:
 
 
 @settings(
-    max_examples=150,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(st.lists(st.tuples(st.integers(0, 4372), st.integers(0, 255)), min_size=1, max_size=12))
-def test_random_corruption_never_raises(tmp_path: Path, flips: list[tuple[int, int]]) -> None:
-    whole = bytearray(SAMPLE_FILES["GeoLite2-City.mmdb"].read_bytes())
+@given(
+    st.sampled_from(sorted(SAMPLE_FILES)),
+    st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), min_size=1, max_size=12),
+)
+def test_random_corruption_never_raises(
+    tmp_path: Path, name: str, flips: list[tuple[int, int]]
+) -> None:
+    whole = bytearray(SAMPLE_FILES[name].read_bytes())
     for offset, value in flips:
         whole[offset % len(whole)] = value
     folder = tmp_path / "corrupt"
     folder.mkdir(exist_ok=True)
     (folder / "x.mmdb").write_bytes(bytes(whole))
+    # The loader's checks never crash, whatever the reader used for lookups afterwards...
     readers, skipped = load_mmdbs(folder)
     assert len(readers) + len(skipped) == 1
+    for reader in readers:
+        reader.close()
+    # ...and the pure-Python lookups never raise. (The C extension's can crash the process on
+    # a damaged data section, which is why this part runs with safe=True.)
+    readers, skipped = load_mmdbs(folder, safe=True)
     for reader in readers:
         for row in ROWS:
             facts = reader.lookup(_inside(row))
