@@ -122,8 +122,7 @@ class Enricher:
                 if match.region:
                     if region and region != match.region:
                         disagreements.append(
-                            f"region: the host name says {match.region}, "
-                            f"the IP ranges say {region}"
+                            f"region: the host name says {match.region}, the IP ranges say {region}"
                         )
                     region = match.region
                     sources["region"] = "host name"
