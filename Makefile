@@ -27,7 +27,7 @@ run: install
 	$(BIN)/egresswatch run
 
 demo: install
-	$(BIN)/egresswatch replay --format table $(DEMO)
+	$(BIN)/egresswatch replay --format table --geo-dir geo/sample $(DEMO)
 
 test: install
 	$(BIN)/python -m pytest

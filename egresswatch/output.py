@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from probes.observation import Observation
 
@@ -54,8 +54,8 @@ class JsonlWriter:
 class TableWriter:
     """Aligned columns, streamed row by row so that live output appears as it happens."""
 
-    HEADER = ("TIME", "KIND", "SOURCE", "DESTINATION", "NAME", "DETAIL")
-    WIDTHS = (15, 4, 22, 27, 40, 0)
+    HEADER = ("TIME", "KIND", "SOURCE", "DESTINATION", "NAME", "WHERE", "DETAIL")
+    WIDTHS = (15, 4, 22, 27, 40, 34, 0)
 
     def __init__(self, stream: IO[str], *, color: bool = False) -> None:
         self._stream = stream
@@ -100,7 +100,8 @@ class TableWriter:
             src,
             dst,
             safe_text(name, 40 if self._stream.isatty() else MAX_CELL * 4),
-            safe_text(detail.strip(), MAX_CELL * 2),
+            _where(obs.extra),
+            safe_text(detail.strip(), 60 if self._stream.isatty() else MAX_CELL * 2),
         )
         line = self._row(cells)
         if self._color and (obs.ech or not obs.sni) and obs.kind != "dns":
@@ -109,6 +110,22 @@ class TableWriter:
 
     def close(self) -> None:
         self._stream.flush()
+
+
+def _where(extra: dict[str, Any]) -> str:
+    """Provider, documented inference location and measured endpoint, in a few characters."""
+    if not extra:
+        return ""
+    parts = []
+    if extra.get("provider"):
+        inference = ",".join(extra.get("inference") or []) or "?"
+        parts.append(f"{extra['provider']}[{inference}]")
+    country = "anycast" if extra.get("anycast") else extra.get("endpoint_country")
+    if country:
+        parts.append(f"@{country}")
+    if extra.get("asn"):
+        parts.append(f"AS{extra['asn']}")
+    return safe_text(" ".join(parts), 34)
 
 
 def _endpoint(addr: str, port: int) -> str:
