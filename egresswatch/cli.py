@@ -18,6 +18,7 @@ from egresswatch import __version__, paths
 from egresswatch.enrichment import EnrichingWriter, ObservationEnricher
 from egresswatch.errors import EXIT_INPUT, EXIT_OK, EgressWatchError
 from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter
+from geo.destination import Destination
 from geo.enrich import Enricher
 from probes.errors import CaptureError, ProbeError
 from probes.observation import Observation
@@ -25,6 +26,8 @@ from probes.sensor import Sensor
 
 # How long a stopping `run` may spend reading frames already queued in the capture socket.
 DRAIN_SECONDS = 5.0
+# The RDAP answer cache, kept in the geo data folder until the store (SQLite) holds it.
+RDAP_CACHE = "rdap-cache.sqlite"
 
 
 class OutputFormat(enum.StrEnum):
@@ -344,23 +347,56 @@ def geo() -> None:
     help="json: one object with the enrichment fields and the source of each.",
 )
 @GEO_DIR_OPTION
-def geo_lookup(target: str, fmt: str, geo_dir: Path | None) -> None:
+@click.option(
+    "--rdap/--no-rdap",
+    default=False,
+    show_default=True,
+    help="When the databases give no ASN for an IP, ask RDAP (the regional internet "
+    "registries) for the network's holder; answers are cached beside the geo data. "
+    "$EGRESSWATCH_RDAP_URL replaces ARIN's bootstrap service.",
+)
+def geo_lookup(target: str, fmt: str, geo_dir: Path | None, rdap: bool) -> None:
     """Everything known about a host name or an IP address."""
     import ipaddress
 
     from egresswatch.render_info import destination_table
 
-    enricher = Enricher.from_geo_dir(paths.geo_dir(geo_dir))
+    folder = paths.geo_dir(geo_dir)
+    enricher = Enricher.from_geo_dir(folder)
     try:
         ip: str | None = str(ipaddress.ip_address(target.strip("[]")))
         name = None
     except ValueError:
         ip, name = None, target
     dest = enricher.destination(name, ip, host_source="query" if name else None)
+    if rdap and ip is not None and dest.asn is None:
+        dest = _with_rdap(dest, ip, folder)
     if InfoFormat(fmt) is InfoFormat.JSON:
         click.echo(json.dumps(dest.to_dict(), ensure_ascii=False))
     else:
         destination_table(dest, sys.stdout)
+
+
+def _with_rdap(dest: Destination, ip: str, folder: Path) -> Destination:
+    """Fill ASN and holder from RDAP (cached); the database facts, where any, stay first."""
+    from dataclasses import replace
+
+    from geo.rdap import DEFAULT_BOOTSTRAP_URL, RdapClient
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bootstrap = os.environ.get("EGRESSWATCH_RDAP_URL") or DEFAULT_BOOTSTRAP_URL
+    with RdapClient(folder / RDAP_CACHE, enabled=True, bootstrap_url=bootstrap) as client:
+        answer = client.lookup(ip)
+    if not answer.found:
+        note = f"rdap: {answer.status}" + (f" ({answer.error})" if answer.error else "")
+        return replace(dest, sources={**dest.sources, "rdap": note})
+    source = f"rdap ({answer.source}): {answer.network or answer.handle or ip}"
+    sources = dict(dest.sources)
+    if answer.asn is not None:
+        sources["asn"] = source
+    if answer.as_org:
+        sources["as_org"] = source
+    return replace(dest, asn=answer.asn, as_org=answer.as_org or dest.as_org, sources=sources)
 
 
 @geo.command("update")

@@ -174,3 +174,21 @@ def test_geo_update_failure_keeps_the_old_file_and_exits_3(
     assert result.returncode == 3
     assert "aws" in result.stdout
     assert (geo / "aws-ip-ranges.json").read_bytes() == before
+
+
+def test_lookup_asks_rdap_only_when_told(tmp_path: Path) -> None:
+    from tests.geo.test_rdap import ARIN, RDAP_JSON
+    from tests.geo.test_update import LocalServer, Route
+
+    with LocalServer() as srv:
+        srv.routes["/bootstrap/ip/8.8.8.8"] = Route(redirect="/arin/registry/ip/8.8.8.8")
+        srv.routes["/arin/registry/ip/8.8.8.8"] = Route(ARIN, headers=RDAP_JSON)
+        env = {"EGRESSWATCH_RDAP_URL": srv.url("/bootstrap")}
+        args = ["geo", "lookup", "8.8.8.8", "--format", "json", "--geo-dir", tmp_path]
+        plain = json.loads(ew(*args, env=env).stdout)
+        assert plain["asn"] is None and not srv.seen  # off unless enabled
+        asked = json.loads(ew(*args, "--rdap", env=env).stdout)
+        assert asked["as_org"] and asked["sources"]["as_org"].startswith("rdap (network)")
+        again = json.loads(ew(*args, "--rdap", env=env).stdout)
+        assert again["sources"]["as_org"].startswith("rdap (cache)")
+        assert (tmp_path / "rdap-cache.sqlite").exists()
