@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, NoReturn, TypeVar
 
 import click
 
@@ -23,6 +23,8 @@ from geo.enrich import Enricher
 from probes.errors import CaptureError, ProbeError
 from probes.observation import Observation
 from probes.sensor import Sensor
+
+FC = TypeVar("FC", bound=Callable[..., object])
 
 # How long a stopping `run` may spend reading frames already queued in the capture socket.
 DRAIN_SECONDS = 5.0
@@ -298,6 +300,18 @@ class InfoFormat(enum.StrEnum):
     TABLE = "table"
 
 
+def _info_format(help_text: str) -> Callable[[FC], FC]:
+    """The ``--format json|table`` option of the informational commands."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice([f.value for f in InfoFormat]),
+        default=InfoFormat.TABLE.value,
+        show_default=True,
+        help=help_text,
+    )
+
+
 @main.command()
 @click.option(
     "--role",
@@ -307,14 +321,7 @@ class InfoFormat(enum.StrEnum):
     help="Only endpoints with this role (inference, coding-tool, telemetry, auth, gateway, doh, "
     "control-plane, download); repeatable.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice([f.value for f in InfoFormat]),
-    default=InfoFormat.TABLE.value,
-    show_default=True,
-    help="json: the whole register with sources and dates; table: one row per endpoint.",
-)
+@_info_format("json: the whole register with sources and dates; table: one row per endpoint.")
 def providers(roles: tuple[str, ...], fmt: str) -> None:
     """List the provider register: who runs which AI endpoints, and where they say they process."""
     from egresswatch.render_info import providers_json, providers_table
@@ -338,14 +345,7 @@ def geo() -> None:
 
 @geo.command("lookup")
 @click.argument("target", metavar="NAME|IP")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice([f.value for f in InfoFormat]),
-    default=InfoFormat.TABLE.value,
-    show_default=True,
-    help="json: one object with the enrichment fields and the source of each.",
-)
+@_info_format("json: one object with the enrichment fields and the source of each.")
 @GEO_DIR_OPTION
 @click.option(
     "--rdap/--no-rdap",
@@ -409,14 +409,7 @@ def _with_rdap(dest: Destination, ip: str, folder: Path) -> Destination:
     help="Only this source (aws, gcp, azure, oci, cloudflare-v4, cloudflare-v6, maxmind-city, "
     "maxmind-country, maxmind-asn, ipinfo-lite, dbip-city-lite, dbip-asn-lite); repeatable.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice([f.value for f in InfoFormat]),
-    default=InfoFormat.TABLE.value,
-    show_default=True,
-    help="json: the full report of what changed.",
-)
+@_info_format("json: the full report of what changed.")
 def geo_update(geo_dir: Path | None, sources: tuple[str, ...], fmt: str) -> None:
     """Download IP databases and cloud range files into the geo data folder.
 
