@@ -173,6 +173,8 @@ def main() -> None:
         replay_bench(size)
     print("\n== enrichment of 100k observations (warm caches) vs the replay that made them ==")
     enrich_bench()
+    print("\n== register host matching (suffix trie) ==")
+    subprocess.run([sys.executable, str(REPO / "tests" / "geo" / "bench_hosts.py")], check=False)
     if args.skip_live:
         return
     print("\n== live capture CPU under bulk traffic, egresswatch vs tcpdump (same BPF filter) ==")
