@@ -446,3 +446,18 @@ def geo_update(geo_dir: Path | None, sources: tuple[str, ...], fmt: str) -> None
             click.echo(f"  {result.describe()}")
     if report.failed:
         sys.exit(EXIT_INPUT)
+
+
+@main.group()
+def policy() -> None:
+    """Check policy files (the format is in POLICY.md)."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def policy_check(file: Path) -> None:
+    """Validate FILE: exit 0 when it is a valid policy, 2 with file, line and the fix when not."""
+    from egresswatch.policy import load_policy
+
+    loaded = load_policy(file)
+    click.echo(f"{file}: valid ({len(loaded.rules)} rules, scope {loaded.scope})")

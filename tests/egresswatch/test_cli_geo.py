@@ -169,7 +169,11 @@ def test_geo_update_failure_keeps_the_old_file_and_exits_3(
     args = ["geo", "update", "--geo-dir", geo, "--source", "aws"]
     assert ew(*args, env=_env(base)).returncode == 0
     before = (geo / "aws-ip-ranges.json").read_bytes()
-    (root / "aws-ip-ranges.json").write_text('{"syncToken": "1", "prefixes": [')  # corrupt
+    served_file = root / "aws-ip-ranges.json"
+    served_file.write_text('{"syncToken": "1", "prefixes": [')  # corrupt
+    # The test server's Last-Modified has one-second resolution: make the change visible.
+    later = served_file.stat().st_mtime + 10
+    os.utime(served_file, (later, later))
     result = ew(*args, env=_env(base))
     assert result.returncode == 3
     assert "aws" in result.stdout

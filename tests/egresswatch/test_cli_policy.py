@@ -1,0 +1,56 @@
+"""`egresswatch policy check`: exit 0 valid, 2 invalid with file and line (POLICY.md, Errors)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "egresswatch", "policy", "check", str(path)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples" / "policies").glob("*.toml")))
+def test_examples_are_valid(example: Path) -> None:
+    result = check(example)
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ('version = 1\n[audit]\nscope = "ai"\ncolour = "red"\n', 4, "colour"),
+        ('version = 1\n\n[[rule]]\nid = "x"\naction = "deny"\nprovider = "nosuch"\n', 6, "nosuch"),
+        ('version = 1\n[groups]\na = ["b"]\nb = ["a"]\n', None, "cycle"),
+        ('version = 1\n[[rule]]\nid = "x"\naction = "deny"\n', 2, "selector"),
+        ("version = 1\n[audit\n", 2, ""),
+    ],
+)
+def test_broken_policy_exits_2_with_file_and_line(
+    tmp_path: Path, text: str, line: int | None, words: str
+) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    result = check(path)
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1
+    assert str(path) in message
+    if line is not None:
+        assert f"{path}:{line}:" in message
+    assert words in message
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    result = check(tmp_path / "absent.toml")
+    assert result.returncode == 2
+    assert "absent.toml" in result.stderr
