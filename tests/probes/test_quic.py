@@ -1027,11 +1027,9 @@ def test_capture_truncated_datagrams(name: str) -> None:
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_capture_hellos_read_by_probes_tls(name: str) -> None:
     """What the tracker hands back is what the TLS layer reads: one whole ClientHello."""
-    tls = pytest.importorskip("probes.tls")
-    read = getattr(tls, "read_handshake_client_hello", None)
-    if read is None:
-        pytest.skip("probes.tls has no read_handshake_client_hello yet")
+    from probes.tls import read_handshake_client_hello
+
     for result in run_capture(capture(name)):
-        hello = read(result.crypto)
+        hello = read_handshake_client_hello(result.crypto)
         assert hello is not None
         assert hello.sni == sni(result.crypto)
