@@ -16,7 +16,7 @@ import click
 
 from egresswatch import __version__, paths
 from egresswatch.enrichment import EnrichingWriter, ObservationEnricher
-from egresswatch.errors import EXIT_INPUT, EXIT_OK, EgressWatchError
+from egresswatch.errors import EXIT_INPUT, EXIT_OK, EXIT_VIOLATION, EgressWatchError
 from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter
 from geo.destination import Destination
 from geo.enrich import Enricher
@@ -100,20 +100,43 @@ def main() -> None:
     help="jsonl: one Observation per line (DESIGN.md contract); table: aligned columns.",
 )
 @GEO_DIR_OPTION
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Judge every connection against this policy (POLICY.md): adds verdict, rule, reason.",
+)
+@click.option(
+    "--fail-on-violation",
+    is_flag=True,
+    help="Exit 1 when any connection is a violation (needs --policy).",
+)
 @STATS_OPTION
-def replay(files: tuple[Path, ...], fmt: str, geo_dir: Path | None, stats: bool | None) -> None:
+def replay(
+    files: tuple[Path, ...],
+    fmt: str,
+    geo_dir: Path | None,
+    policy_file: Path | None,
+    fail_on_violation: bool,
+    stats: bool | None,
+) -> None:
     """Analyse pcap/pcapng FILES as if the traffic were live.
 
     Streams: observations are written as they complete and memory stays flat however large
     the files. Exit 3 when a file cannot be read (after writing what it held before the damage).
     """
+    from egresswatch.policy import load_policy
     from probes.capfile import open_capture
 
+    if fail_on_violation and policy_file is None:
+        msg = "--fail-on-violation needs --policy"
+        raise click.UsageError(msg)
+    # A bad policy is refused before anything runs (exit 2, file and line).
+    judged = load_policy(policy_file) if policy_file is not None else None
     out = sys.stdout
-    writer = _writer(OutputFormat(fmt), out)
-    writer = EnrichingWriter(
-        writer, ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)))
-    )
+    enrich = ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)), judged)
+    writer = EnrichingWriter(_writer(OutputFormat(fmt), out), enrich)
     sensor = Sensor()
     errors: list[str] = []
     show_progress = sys.stderr.isatty() and not out.isatty()
@@ -155,6 +178,9 @@ def replay(files: tuple[Path, ...], fmt: str, geo_dir: Path | None, stats: bool 
         click.echo(f"egresswatch: error: {message}", err=True)
     if errors:
         sys.exit(EXIT_INPUT)
+    if fail_on_violation and enrich.violations:
+        click.echo(f"egresswatch: {enrich.violations} violation(s)", err=True)
+        sys.exit(EXIT_VIOLATION)
 
 
 def _with_progress(reader: object, path: Path) -> Iterator[tuple[float, int, bytes]]:

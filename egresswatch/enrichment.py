@@ -11,9 +11,12 @@ be fed in capture order.
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from dataclasses import replace
 
 from egresswatch.output import ObservationWriter
+from egresswatch.policy import Policy, ech_is_real, evaluate
+from geo.destination import Destination
 from geo.enrich import Enricher
 from probes.observation import Observation
 
@@ -29,11 +32,42 @@ def _addresses(values: tuple[str, ...]) -> list[str]:
     return out
 
 
-class ObservationEnricher:
-    """Callable: an Observation in, the same Observation with enrichment fields out."""
+# Names whose DNS HTTPS answer carried an ECH config, remembered for POLICY.md step 5.
+MAX_ECH_NAMES = 65536
 
-    def __init__(self, enricher: Enricher) -> None:
+
+class ObservationEnricher:
+    """Callable: an Observation in, the same Observation with enrichment fields out.
+
+    With a policy it also adds ``verdict``, ``rule`` and ``reason`` (and counts violations).
+    """
+
+    def __init__(self, enricher: Enricher, policy: Policy | None = None) -> None:
         self.enricher = enricher
+        self.policy = policy
+        self.violations = 0
+        self._ech_names: OrderedDict[str, None] = OrderedDict()
+
+    def _judge(self, obs: Observation, dest: Destination) -> dict[str, str | None]:
+        assert self.policy is not None
+        if obs.kind == "dns" and obs.qname and obs.ech_config:
+            self._ech_names[obs.qname] = None
+            self._ech_names.move_to_end(obs.qname)
+            if len(self._ech_names) > MAX_ECH_NAMES:
+                self._ech_names.popitem(last=False)
+        name = (obs.sni or "").lower()
+        verdict = evaluate(
+            self.policy,
+            dest,
+            kind=obs.kind,
+            port=obs.dport,
+            ip=obs.dst,
+            ech=obs.ech,
+            ech_real=ech_is_real(obs.sni, obs.ech, name in self._ech_names),
+        )
+        if verdict.verdict == "violation":
+            self.violations += 1
+        return {"verdict": verdict.verdict, "rule": verdict.rule, "reason": verdict.reason}
 
     def __call__(self, obs: Observation) -> Observation:
         enricher = self.enricher
@@ -46,7 +80,10 @@ class ObservationEnricher:
             )
         else:
             dest = enricher.destination(obs.sni, obs.dst, now=obs.ts)
-        return replace(obs, extra={**obs.extra, **dest.fields()})
+        extra = {**obs.extra, **dest.fields()}
+        if self.policy is not None:
+            extra.update(self._judge(obs, dest))
+        return replace(obs, extra=extra)
 
 
 class EnrichingWriter:

@@ -54,3 +54,50 @@ def test_missing_file_exits_2(tmp_path: Path) -> None:
     result = check(tmp_path / "absent.toml")
     assert result.returncode == 2
     assert "absent.toml" in result.stderr
+
+
+DEMO = REPO / "demo" / "egresswatch-demo.pcapng"
+SAMPLE = REPO / "geo" / "sample"
+NO_CN_RU = REPO / "examples" / "policies" / "no-cn-ru-vendors.toml"
+
+
+def replay(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "egresswatch", "replay", "--geo-dir", str(SAMPLE), *map(str, args)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+
+
+def test_replay_with_policy_fills_verdict_rule_reason() -> None:
+    import json
+
+    result = replay("--policy", NO_CN_RU, DEMO)
+    assert result.returncode == 0, result.stderr  # violations alone do not fail without the flag
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all({"verdict", "rule", "reason"} <= row.keys() for row in rows)
+    by_host = {(r["kind"], r["host"]): r for r in rows}
+    deepseek = by_host[("tls", "api.deepseek.com")]
+    assert (deepseek["verdict"], deepseek["rule"]) == ("violation", "no-unapproved-vendors")
+    assert "SEC-123" in deepseek["reason"]
+    assert by_host[("tls", "pypi.org")]["verdict"] == "allow"
+    assert by_host[("dns", "api.deepseek.com")]["verdict"] == "allow"  # DNS is not judged
+    assert [r for r in rows if r["verdict"] == "violation"] == [deepseek]
+
+
+def test_fail_on_violation_exits_1() -> None:
+    result = replay("--policy", NO_CN_RU, "--fail-on-violation", DEMO)
+    assert result.returncode == 1
+    assert "1 violation" in result.stderr
+
+
+def test_fail_on_violation_needs_a_policy() -> None:
+    assert replay("--fail-on-violation", DEMO).returncode == 2
+
+
+def test_broken_policy_runs_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = 1\n[[rule]]\nid = "x"\naction = "deny"\n')
+    result = replay("--policy", bad, DEMO)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"{bad}:2:" in result.stderr
