@@ -17,7 +17,7 @@ import click
 from egresswatch import __version__, paths
 from egresswatch.enrichment import EnrichingWriter, ObservationEnricher
 from egresswatch.errors import EXIT_INPUT, EXIT_OK, EXIT_VIOLATION, EgressWatchError
-from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter
+from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter, safe_text
 from geo.destination import Destination
 from geo.enrich import Enricher
 from probes.errors import CaptureError, ProbeError
@@ -487,3 +487,51 @@ def policy_check(file: Path) -> None:
 
     loaded = load_policy(file)
     click.echo(f"{file}: valid ({len(loaded.rules)} rules, scope {loaded.scope})")
+
+
+@policy.command("explain")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target", metavar="NAME|IP")
+@click.option("--ip", default=None, help="The address the name was reached at (for location).")
+@click.option("--port", type=click.IntRange(0, 65535), default=443, show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["tls", "quic"]),
+    default="tls",
+    show_default=True,
+    help="The kind of connection to judge.",
+)
+@GEO_DIR_OPTION
+def policy_explain(
+    file: Path,
+    target: str,
+    ip: str | None,
+    port: int,
+    kind: str,
+    geo_dir: Path | None,
+) -> None:
+    """Show step by step how FILE would judge a connection to NAME or IP."""
+    import ipaddress
+
+    from egresswatch.policy import evaluate, load_policy
+
+    loaded = load_policy(file)
+    try:
+        address: str | None = str(ipaddress.ip_address(target.strip("[]")))
+        name = None
+    except ValueError:
+        address, name = ip, target
+    dest = Enricher.from_geo_dir(paths.geo_dir(geo_dir)).destination(name, address)
+    verdict = evaluate(loaded, dest, kind=kind, port=port, ip=address)
+    click.echo(f"destination: {safe_text(target, 200)} ({kind}, port {port})")
+    where = [
+        f"provider {dest.provider or '-'}",
+        f"role {dest.role or '-'}",
+        f"jurisdiction {dest.jurisdiction or '-'}",
+        f"inference {','.join(dest.inference) or '-'}",
+        f"endpoint {'anycast' if dest.anycast else dest.endpoint_country or '-'}",
+    ]
+    click.echo("known: " + ", ".join(where))
+    for step in verdict.steps:
+        click.echo(f"  {step}")
+    click.echo(f"verdict: {verdict.verdict} (rule {verdict.rule or '-'}): {verdict.reason}")

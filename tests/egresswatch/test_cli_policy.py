@@ -101,3 +101,34 @@ def test_broken_policy_runs_nothing(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert f"{bad}:2:" in result.stderr
+
+
+EU_ONLY = REPO / "examples" / "policies" / "eu-only-inference.toml"
+
+
+def explain(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "egresswatch", "policy", "explain", *map(str, args)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def test_explain_shows_each_step_and_the_deciding_rule() -> None:
+    us = explain(EU_ONLY, "bedrock-runtime.us-east-1.amazonaws.com")
+    assert us.returncode == 0, us.stderr
+    assert "4: inference US" in us.stdout
+    assert us.stdout.splitlines()[-1].startswith("verdict: violation (rule inference)")
+    eu = explain(
+        EU_ONLY, "bedrock-runtime.eu-central-1.amazonaws.com", "--ip", "3.124.0.20",
+        "--geo-dir", SAMPLE,
+    )  # fmt: skip
+    assert "endpoint country DE lies inside" in eu.stdout
+    assert eu.stdout.splitlines()[-1].startswith("verdict: allow (rule bedrock-eu)")
+
+
+def test_explain_refuses_a_broken_policy(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("version = 1\n[audit\n")
+    result = explain(bad, "api.openai.com")
+    assert result.returncode == 2
+    assert f"{bad}:2:" in result.stderr
