@@ -234,12 +234,20 @@ def _quiet_broken_pipe() -> None:
     help="Stop after this many seconds (default: run until interrupted).",
 )
 @GEO_DIR_OPTION
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Judge every connection against this policy; without one, audit only.",
+)
 @STATS_OPTION
 def run(
     interfaces: tuple[str, ...],
     fmt: str,
     duration: float | None,
     geo_dir: Path | None,
+    policy_file: Path | None,
     stats: bool | None,
 ) -> None:
     """Capture live and print every observation as it happens (needs root or CAP_NET_RAW).
@@ -247,17 +255,19 @@ def run(
     A kernel BPF filter passes only handshakes, DNS and what reassembly needs, so bulk
     transfers never reach Python. Stops on Ctrl-C or SIGTERM and prints its counters.
     """
+    from egresswatch.policy import load_policy
     from probes.live import LiveCapture
 
-    out = sys.stdout
-    writer = _writer(OutputFormat(fmt), out)
+    # A bad policy is refused before the capture opens (exit 2, file and line).
+    judged = load_policy(policy_file) if policy_file is not None else None
+    writer = EnrichingWriter(
+        _writer(OutputFormat(fmt), sys.stdout),
+        ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)), judged),
+    )
     try:
         capture = LiveCapture(list(interfaces) or None)
     except CaptureError as exc:
         _fail(str(exc), EXIT_INPUT)
-    writer = EnrichingWriter(
-        writer, ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)))
-    )
     sensor = Sensor()
     stopping = False
 
