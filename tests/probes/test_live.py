@@ -697,19 +697,9 @@ def peer(argv: list[str]) -> None:
     signal.alarm(120)
     mode, *args = argv
 
-    def listener(port: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
-        sock = socket.socket(socket.AF_INET6, kind)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("::", port))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(16)
-        return sock
-
-    def serve(sock: socket.socket, handle: Callable[[socket.socket], None]) -> None:
-        while True:
-            conn, _addr = sock.accept()
-            threading.Thread(target=_quietly, args=(handle, conn), daemon=True).start()
+    # The same dual-stack listener and accept loop as the end-to-end servers.
+    from tests.e2e_servers import _listener as listener
+    from tests.e2e_servers import _serve as serve
 
     def send_bulk(conn: socket.socket | ssl.SSLSocket, size: int) -> None:
         chunk = os.urandom(1 << 16)
@@ -859,13 +849,6 @@ def peer(argv: list[str]) -> None:
         print(asyncio.run(main()))
     else:
         raise SystemExit(f"unknown peer mode {mode!r}")
-
-
-def _quietly(handle: Callable[[socket.socket], None], conn: socket.socket) -> None:
-    try:
-        handle(conn)
-    except OSError:
-        pass  # a client that hangs up early (openssl s_client) is not the server's problem
 
 
 if __name__ == "__main__":
