@@ -725,20 +725,16 @@ class DnsTracker:
             self.stats["paired"] += 1
             self._remember(key, ts, answered=True)
             out.append(
-                Observation(
-                    ts=ts,
-                    kind="dns",
-                    transport=entry.transport,
-                    src=format_ip(entry.src),
-                    dst=format_ip(entry.dst),
-                    sport=entry.sport,
-                    dport=entry.dport,
-                    qname=entry.qname,
-                    qtype=entry.qtype,
-                    answers=msg.answers,
-                    resolved=msg.resolved,
-                    ech_config=msg.ech_config,
-                    rcode=msg.rcode,
+                _observation(
+                    ts,
+                    entry.transport,
+                    entry.src,
+                    entry.sport,
+                    entry.dst,
+                    entry.dport,
+                    entry.qname,
+                    entry.qtype,
+                    msg,
                 )
             )
             return
@@ -750,23 +746,7 @@ class DnsTracker:
         # never seen: report the response on its own, in the query's direction.
         self.stats["late_responses" if done is not None else "unpaired_responses"] += 1
         self._remember(key, ts, answered=True)
-        out.append(
-            Observation(
-                ts=ts,
-                kind="dns",
-                transport=transport,
-                src=format_ip(dst),
-                dst=format_ip(src),
-                sport=dport,
-                dport=sport,
-                qname=msg.qname,
-                qtype=msg.qtype,
-                answers=msg.answers,
-                resolved=msg.resolved,
-                ech_config=msg.ech_config,
-                rcode=msg.rcode,
-            )
-        )
+        out.append(_observation(ts, transport, dst, dport, src, sport, msg.qname, msg.qtype, msg))
 
     def _remember(self, key: _Key, ts: float, *, answered: bool) -> None:
         self._done[key] = (ts, answered)
@@ -785,14 +765,43 @@ class DnsTracker:
 
     @staticmethod
     def _unanswered(entry: _Pending) -> Observation:
-        return Observation(
-            ts=entry.first_ts,
-            kind="dns",
-            transport=entry.transport,
-            src=format_ip(entry.src),
-            dst=format_ip(entry.dst),
-            sport=entry.sport,
-            dport=entry.dport,
-            qname=entry.qname,
-            qtype=entry.qtype,
+        return _observation(
+            entry.first_ts,
+            entry.transport,
+            entry.src,
+            entry.sport,
+            entry.dst,
+            entry.dport,
+            entry.qname,
+            entry.qtype,
+            None,
         )
+
+
+def _observation(
+    ts: float,
+    transport: Transport,
+    client: bytes,
+    cport: int,
+    server: bytes,
+    sport: int,
+    qname: str | None,
+    qtype: str | None,
+    response: DnsMessage | None,
+) -> Observation:
+    """One DNS observation, client to resolver, with the response's facts when there is one."""
+    return Observation(
+        ts=ts,
+        kind="dns",
+        transport=transport,
+        src=format_ip(client),
+        dst=format_ip(server),
+        sport=cport,
+        dport=sport,
+        qname=qname,
+        qtype=qtype,
+        answers=response.answers if response else (),
+        resolved=response.resolved if response else (),
+        ech_config=response.ech_config if response else False,
+        rcode=response.rcode if response else None,
+    )
