@@ -6,30 +6,38 @@ import enum
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, NoReturn, TypeVar
+from typing import IO, TYPE_CHECKING, NoReturn, TypeVar
 
 import click
 
 from egresswatch import __version__, paths
-from egresswatch.enrichment import EnrichingWriter, ObservationEnricher
+from egresswatch.enrichment import EnrichingWriter, ObservationEnricher, OwnEndpoints
 from egresswatch.errors import EXIT_INPUT, EXIT_OK, EXIT_VIOLATION, EgressWatchError
-from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter, safe_text
+from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter, Tee, safe_text
 from geo.destination import Destination
 from geo.enrich import Enricher
 from probes.errors import CaptureError, ProbeError
 from probes.observation import Observation
 from probes.sensor import Sensor
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from egresswatch.store.writer import StoreWriter
+
 FC = TypeVar("FC", bound=Callable[..., object])
 
 # How long a stopping `run` may spend reading frames already queued in the capture socket.
 DRAIN_SECONDS = 5.0
-# The RDAP answer cache, kept in the geo data folder until the store (SQLite) holds it.
+# The RDAP answer cache, kept in the geo data folder.
 RDAP_CACHE = "rdap-cache.sqlite"
+# How often a running agent applies --keep and --max-db-size.
+PRUNE_SECONDS = 3600.0
 
 
 class OutputFormat(enum.StrEnum):
@@ -57,6 +65,49 @@ GEO_DIR_OPTION = click.option(
     help="Folder of IP databases (*.mmdb) and cloud range files; default $EGRESSWATCH_GEO_DIR, "
     "else 'geo' beside the database. Missing files leave their fields null.",
 )
+
+
+def _db_option(default_help: str) -> Callable[[FC], FC]:
+    return click.option(
+        "--db",
+        "db",
+        default=None,
+        metavar="URL",
+        help="Store into this database: an SQLAlchemy URL (sqlite:///PATH, "
+        f"postgresql://USER@HOST/DB) or a path (SQLite). {default_help}",
+    )
+
+
+MACHINE_OPTION = click.option(
+    "--machine",
+    default=None,
+    metavar="NAME",
+    help="The machine name recorded with each row (default: this host's name for run, the "
+    "capture's file name for replay).",
+)
+
+
+def _keep_option(default: str | None) -> Callable[[FC], FC]:
+    return click.option(
+        "--keep",
+        default=default,
+        metavar="DURATION",
+        show_default=True,
+        help="Delete stored rows older than this (90d, 12h, 2w) when the store opens, and every "
+        "hour while running.",
+    )
+
+
+def _max_size_option(default: str | None) -> Callable[[FC], FC]:
+    return click.option(
+        "--max-db-size",
+        "max_db_size",
+        default=default,
+        metavar="SIZE",
+        show_default=True,
+        help="Keep the store under this size (500M, 2G) by deleting the oldest whole days.",
+    )
+
 
 STATS_OPTION = click.option(
     "--stats/--no-stats",
@@ -112,6 +163,10 @@ def main() -> None:
     is_flag=True,
     help="Exit 1 when any connection is a violation (needs --policy).",
 )
+@_db_option("Default: print only, store nothing.")
+@MACHINE_OPTION
+@_keep_option(None)
+@_max_size_option(None)
 @STATS_OPTION
 def replay(
     files: tuple[Path, ...],
@@ -119,6 +174,10 @@ def replay(
     geo_dir: Path | None,
     policy_file: Path | None,
     fail_on_violation: bool,
+    db: str | None,
+    machine: str | None,
+    keep: str | None,
+    max_db_size: str | None,
     stats: bool | None,
 ) -> None:
     """Analyse pcap/pcapng FILES as if the traffic were live.
@@ -134,9 +193,17 @@ def replay(
         raise click.UsageError(msg)
     # A bad policy is refused before anything runs (exit 2, file and line).
     judged = load_policy(policy_file) if policy_file is not None else None
+    retention = _retention(keep, max_db_size)
     out = sys.stdout
-    enrich = ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)), judged)
-    writer = EnrichingWriter(_writer(OutputFormat(fmt), out), enrich)
+    enrich = ObservationEnricher(
+        Enricher.from_geo_dir(paths.geo_dir(geo_dir)), judged, own=OwnEndpoints.default()
+    )
+    sinks: list[ObservationWriter] = [_writer(OutputFormat(fmt), out)]
+    store = None
+    if db is not None:
+        store = _open_store(db, machine or files[0].name, retention, flush_seconds=1.0)
+        sinks.append(store)
+    writer = EnrichingWriter(Tee(*sinks) if store is not None else sinks[0], enrich)
     sensor = Sensor()
     errors: list[str] = []
     show_progress = sys.stderr.isatty() and not out.isatty()
@@ -173,7 +240,7 @@ def replay(
             writer.close()
         except BrokenPipeError:
             _quiet_broken_pipe()
-    _report({**totals, **sensor.stats()}, stats)
+    _report({**totals, **sensor.stats(), **_store_stats(store)}, stats)
     for message in errors:
         click.echo(f"egresswatch: error: {message}", err=True)
     if errors:
@@ -241,6 +308,14 @@ def _quiet_broken_pipe() -> None:
     default=None,
     help="Judge every connection against this policy; without one, audit only.",
 )
+@_db_option(
+    "Default: /var/lib/egresswatch/egresswatch.db as root, else "
+    "$XDG_DATA_HOME/egresswatch/egresswatch.db."
+)
+@click.option("--no-db", is_flag=True, help="Store nothing; only print.")
+@MACHINE_OPTION
+@_keep_option("90d")
+@_max_size_option("1G")
 @STATS_OPTION
 def run(
     interfaces: tuple[str, ...],
@@ -248,6 +323,11 @@ def run(
     duration: float | None,
     geo_dir: Path | None,
     policy_file: Path | None,
+    db: str | None,
+    no_db: bool,
+    machine: str | None,
+    keep: str | None,
+    max_db_size: str | None,
     stats: bool | None,
 ) -> None:
     """Capture live and print every observation as it happens (needs root or CAP_NET_RAW).
@@ -260,9 +340,24 @@ def run(
 
     # A bad policy is refused before the capture opens (exit 2, file and line).
     judged = load_policy(policy_file) if policy_file is not None else None
+    retention = _retention(keep, max_db_size)
+    store = None
+    db_path = None
+    if not no_db:
+        db_value = db or str(paths.default_db_path())
+        if "://" not in db_value:
+            db_path = Path(db_value)
+        store = _open_store(db_value, machine or socket.gethostname(), retention)
+    sinks: list[ObservationWriter] = [_writer(OutputFormat(fmt), sys.stdout)]
+    if store is not None:
+        sinks.append(store)
     writer = EnrichingWriter(
-        _writer(OutputFormat(fmt), sys.stdout),
-        ObservationEnricher(Enricher.from_geo_dir(paths.geo_dir(geo_dir)), judged),
+        Tee(*sinks) if store is not None else sinks[0],
+        ObservationEnricher(
+            Enricher.from_geo_dir(paths.geo_dir(geo_dir, db_path)),
+            judged,
+            own=OwnEndpoints.default(),
+        ),
     )
     try:
         capture = LiveCapture(list(interfaces) or None)
@@ -280,6 +375,7 @@ def run(
     where = ", ".join(interfaces) if interfaces else "all interfaces"
     click.echo(f"egresswatch {__version__}: capturing on {where}; Ctrl-C to stop", err=True)
     deadline = None if duration is None else time.monotonic() + duration
+    next_prune = time.monotonic() + PRUNE_SECONDS
     try:
         while not stopping and (deadline is None or time.monotonic() < deadline):
             batch = capture.read_batch(0.25)
@@ -287,7 +383,12 @@ def run(
             if not batch:
                 for obs in sensor.expire(time.time()):
                     writer.write(obs)
-            writer.close()
+            sys.stdout.flush()
+            if store is not None:
+                store.tick()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_SECONDS
+                    _prune(store, retention)
         # Frames that passed the kernel filter before the stop still wait in the socket; they
         # are the last connections made (in a CI job, the ones just before it ended), so read
         # them before finishing. Bounded, so a flood cannot keep a stopping agent alive.
@@ -305,7 +406,72 @@ def run(
         writer.close()
         capture.close()
         counters = {**sensor.stats(), **{f"capture.{k}": v for k, v in capture.stats().items()}}
-        _report(counters, stats)
+        _report({**counters, **_store_stats(store)}, stats)
+
+
+Retention = tuple[float | None, int | None]
+
+
+def _retention(keep: str | None, max_db_size: str | None) -> Retention:
+    """``--keep`` and ``--max-db-size`` as seconds and bytes (usage error when malformed)."""
+    from egresswatch.store.retention import parse_duration, parse_size
+
+    try:
+        seconds = parse_duration(keep) if keep else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keep") from None
+    try:
+        size = parse_size(max_db_size) if max_db_size else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-db-size") from None
+    return seconds, size
+
+
+def _open_store(
+    db: str, machine: str, retention: Retention, *, flush_seconds: float = 2.0
+) -> StoreWriter:
+    """Open (create, migrate) the store, apply retention once, and return a writer for it."""
+    from egresswatch.store import StoreWriter, open_engine
+
+    engine = open_engine(db, notify=lambda m: click.echo(f"egresswatch: {m}", err=True))
+    writer = StoreWriter(engine, machine=machine, flush_seconds=flush_seconds)
+    _prune(writer, retention)
+    return writer
+
+
+def _prune(writer: StoreWriter, retention: Retention) -> None:
+    from egresswatch.store.retention import prune
+
+    keep, size = retention
+    if keep is None and size is None:
+        return
+    writer.flush()
+    result = prune(writer.engine, keep_seconds=keep, max_bytes=size, now=time.time())
+    if result.removed:
+        click.echo(
+            f"egresswatch: retention removed {result.observations:,} rows and "
+            f"{result.violations:,} violations older than {_day_text(result.before_day)} "
+            f"({result.size_before / 1e6:.1f} MB -> {result.size_after / 1e6:.1f} MB)",
+            err=True,
+        )
+
+
+def _day_text(day: int | None) -> str:
+    from probes.observation import format_ts
+
+    return format_ts(day)[:10] if day is not None else "-"
+
+
+def _store_stats(store: StoreWriter | None) -> dict[str, int]:
+    if store is None:
+        return {}
+    s = store.stats
+    return {
+        "store.observations": s.observations,
+        "store.rows": s.rows,
+        "store.violations": s.violations,
+        "store.commits": s.commits,
+    }
 
 
 def _feed(sensor: Sensor, writer: ObservationWriter, batch: list[tuple[float, int, bytes]]) -> None:
@@ -545,3 +711,216 @@ def policy_explain(
     for step in verdict.steps:
         click.echo(f"  {step}")
     click.echo(f"verdict: {verdict.verdict} (rule {verdict.rule or '-'}): {verdict.reason}")
+
+
+def _open_existing(db: str | None) -> Engine:
+    """The engine of an existing store (a report never creates one)."""
+    from egresswatch.store import StoreError, database_url, open_engine
+
+    value = db or str(paths.default_db_path())
+    url = database_url(value)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        msg = (
+            f"no database at {url.database} (egresswatch run, or replay --db, creates one; "
+            "--db names another)"
+        )
+        raise StoreError(msg)
+    return open_engine(value, notify=lambda m: click.echo(f"egresswatch: {m}", err=True))
+
+
+@main.command()
+@_db_option("Default: the agent's database (see run).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(
+        ["table", "json", "jsonl", "csv", "markdown", "html", "junit"], case_sensitive=False
+    ),
+    default="table",
+    show_default=True,
+    help="table for a terminal; json/jsonl for programs; csv for spreadsheets (formula-safe); "
+    "markdown; html (one self-contained file with charts); junit (one test case per rule and "
+    "destination).",
+)
+@click.option("--since", default=None, help="Only from this time: 7d, 12h, 2026-11-01, RFC 3339.")
+@click.option("--until", default=None, help="Only before this time (same forms as --since).")
+@click.option(
+    "--verdict",
+    "verdicts",
+    multiple=True,
+    type=click.Choice(["allow", "warn", "violation", "audit"]),
+    help="Only this verdict (audit: recorded without a policy); repeatable. "
+    "--verdict violation alone lists each violation individually.",
+)
+@click.option("--provider", "providers", multiple=True, metavar="ID", help="Only this provider.")
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="GLOB",
+    help="Only destinations matching this name or glob (* one label, ** several).",
+)
+@click.option("--rule", "rules", multiple=True, metavar="ID", help="Only this rule id or name.")
+@click.option(
+    "--process", "processes", multiple=True, metavar="GLOB", help="Only this process name (glob)."
+)
+@click.option("--machine", "machines", multiple=True, metavar="NAME", help="Only this machine.")
+@click.option(
+    "--new-since-last",
+    is_flag=True,
+    help="Only violations of a rule and destination that the last review (--mark) had not "
+    "seen; the review mark then moves on (unless --peek).",
+)
+@click.option("--mark", default="default", show_default=True, help="The review's name.")
+@click.option("--peek", is_flag=True, help="With --new-since-last: leave the mark where it is.")
+@click.option(
+    "--by",
+    type=click.Choice(
+        ["host", "provider", "rule", "country", "process", "day", "machine", "verdict"]
+    ),
+    default=None,
+    help="One row per value of this key, with counts per verdict.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many rows in a listing (default: all; 5000 for table, markdown, html).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
+def report(
+    db: str | None,
+    fmt: str,
+    since: str | None,
+    until: str | None,
+    verdicts: tuple[str, ...],
+    providers: tuple[str, ...],
+    hosts: tuple[str, ...],
+    rules: tuple[str, ...],
+    processes: tuple[str, ...],
+    machines: tuple[str, ...],
+    new_since_last: bool,
+    mark: str,
+    peek: bool,
+    by: str | None,
+    limit: int | None,
+    output: Path | None,
+) -> None:
+    """Who sent what where, when, and which rule it broke: reports from the store.
+
+    Without --by, lists what was recorded (aggregated per destination, process, verdict and
+    hour), or each violation with --verdict violation or --new-since-last.
+    """
+    from egresswatch.report.formats import renderer
+    from egresswatch.report.interface import ReportFormat
+    from egresswatch.report.query import Filters, ReportQuery, parse_time
+
+    now = time.time()
+    bounds: list[float | None] = []
+    for name, value in (("--since", since), ("--until", until)):
+        try:
+            bounds.append(parse_time(value, now) if value else None)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=name) from None
+    shown = {
+        key: ", ".join(value) if isinstance(value, tuple) else str(value)
+        for key, value in (
+            ("since", since),
+            ("until", until),
+            ("verdict", verdicts),
+            ("provider", providers),
+            ("host", hosts),
+            ("rule", rules),
+            ("process", processes),
+            ("machine", machines),
+            ("new-since-last", mark if new_since_last else None),
+            ("by", by),
+        )
+        if value
+    }
+    filters = Filters(
+        since=bounds[0],
+        until=bounds[1],
+        verdicts=verdicts,
+        providers=providers,
+        hosts=hosts,
+        rules=rules,
+        processes=processes,
+        machines=machines,
+        new_since_last=new_since_last,
+        mark=mark,
+        shown=shown,
+    )
+    form = ReportFormat(fmt.lower())
+    if limit is None and form in (ReportFormat.TABLE, ReportFormat.MARKDOWN, ReportFormat.HTML):
+        limit = 5000
+    engine = _open_existing(db)
+    built = ReportQuery(engine).build(filters, by=by, limit=limit, now=now, advance_mark=not peek)
+    if output is not None:
+        with open(output, "w", encoding="utf-8", newline="") as stream:
+            renderer(form, color=False).render(built, stream)
+        click.echo(f"egresswatch: wrote {output}", err=True)
+        return
+    color = sys.stdout.isatty() and form is ReportFormat.TABLE
+    try:
+        renderer(form, color=color).render(built, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+
+
+@main.group()
+def db() -> None:
+    """Look after the store: its schema version, size and retention."""
+
+
+@db.command("info")
+@_db_option("Default: the agent's database (see run).")
+def db_info(db: str | None) -> None:
+    """Schema revision, row counts and size of the store (migrating an older one)."""
+    from sqlalchemy import func, select
+
+    from egresswatch.store.engine import current_revision, describe
+    from egresswatch.store.models import DailyRollup, ObservationAggregate, ViolationRecord
+    from egresswatch.store.retention import store_size
+
+    engine = _open_existing(db)
+    with engine.connect() as conn:
+        click.echo(f"database: {describe(engine.url)}")
+        click.echo(f"schema:   {current_revision(conn)}")
+        for label, model in (
+            ("observations", ObservationAggregate),
+            ("daily", DailyRollup),
+            ("violations", ViolationRecord),
+        ):
+            n = conn.execute(select(func.count()).select_from(model)).scalar_one()
+            click.echo(f"{label + ':':13} {n:,} rows")
+        click.echo(f"size:     {store_size(conn) / 1e6:.1f} MB")
+
+
+@db.command("prune")
+@_db_option("Default: the agent's database (see run).")
+@_keep_option(None)
+@_max_size_option(None)
+def db_prune(db: str | None, keep: str | None, max_db_size: str | None) -> None:
+    """Apply --keep and --max-db-size now."""
+    from egresswatch.store.retention import prune
+
+    seconds, size = _retention(keep, max_db_size)
+    if seconds is None and size is None:
+        msg = "give --keep and/or --max-db-size"
+        raise click.UsageError(msg)
+    engine = _open_existing(db)
+    result = prune(engine, keep_seconds=seconds, max_bytes=size, now=time.time())
+    click.echo(
+        f"removed {result.observations:,} hourly rows, {result.daily:,} daily rows and "
+        f"{result.violations:,} violations"
+        + (f" older than {_day_text(result.before_day)}" if result.before_day else "")
+        + f"; {result.size_before / 1e6:.1f} MB -> {result.size_after / 1e6:.1f} MB"
+    )

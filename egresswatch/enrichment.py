@@ -11,8 +11,9 @@ be fed in capture order.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from egresswatch.output import ObservationWriter
 from egresswatch.policy import Policy, ech_is_real, evaluate
@@ -32,6 +33,42 @@ def _addresses(values: tuple[str, ...]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class OwnEndpoints:
+    """egresswatch's own destinations (POLICY.md: recorded with ``rule = "self"``, never judged).
+
+    ``hosts`` are names contacted by ``geo update`` and RDAP look-ups; ``brokers`` are the
+    (address or name, port) of the configured MQTT broker.
+    """
+
+    hosts: frozenset[str] = frozenset()
+    """Host names, lower case."""
+    brokers: frozenset[tuple[str, int]] = frozenset()
+    """(host name or address, port) pairs."""
+
+    @classmethod
+    def default(cls, brokers: frozenset[tuple[str, int]] = frozenset()) -> OwnEndpoints:
+        """The hosts of every geo data source and of RDAP, plus ``brokers``."""
+        from geo import rdap, update
+
+        return cls(frozenset(update.hosts()) | rdap.hosts(), brokers)
+
+    def why(self, obs: Observation, host: str | None) -> str | None:
+        """The reason when ``obs`` is one of egresswatch's own connections, else None."""
+        if obs.kind == "dns":
+            return None
+        pid = obs.extra.get("pid")
+        if isinstance(pid, int) and pid != os.getpid():
+            return None  # attributed to another process: judged like any other
+        name = (host or obs.sni or "").lower()
+        if name and name in self.hosts:
+            return f"{name} is contacted by egresswatch itself (geo data or RDAP), not judged."
+        for endpoint, port in self.brokers:
+            if port == obs.dport and endpoint.lower() in (name, obs.dst):
+                return f"{endpoint}:{port} is egresswatch's own MQTT broker, not judged."
+        return None
+
+
 # Names whose DNS HTTPS answer carried an ECH config, remembered for POLICY.md step 5.
 MAX_ECH_NAMES = 65536
 
@@ -42,9 +79,16 @@ class ObservationEnricher:
     With a policy it also adds ``verdict``, ``rule`` and ``reason`` (and counts violations).
     """
 
-    def __init__(self, enricher: Enricher, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        enricher: Enricher,
+        policy: Policy | None = None,
+        *,
+        own: OwnEndpoints | None = None,
+    ) -> None:
         self.enricher = enricher
         self.policy = policy
+        self.own = own or OwnEndpoints()
         self.violations = 0
         self._ech_names: OrderedDict[str, None] = OrderedDict()
 
@@ -56,6 +100,9 @@ class ObservationEnricher:
             if len(self._ech_names) > MAX_ECH_NAMES:
                 self._ech_names.popitem(last=False)
         name = (obs.sni or "").lower()
+        mine = self.own.why(obs, dest.host)
+        if mine is not None:
+            return {"verdict": "allow", "rule": "self", "reason": mine}
         verdict = evaluate(
             self.policy,
             dest,
@@ -83,6 +130,8 @@ class ObservationEnricher:
         extra = {**obs.extra, **dest.fields()}
         if self.policy is not None:
             extra.update(self._judge(obs, dest))
+        elif obs.kind != "dns" and (mine := self.own.why(obs, dest.host)) is not None:
+            extra.update({"rule": "self", "reason": mine})
         return replace(obs, extra=extra)
 
 

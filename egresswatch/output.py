@@ -130,3 +130,18 @@ def _where(extra: dict[str, Any]) -> str:
 
 def _endpoint(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+class Tee:
+    """An ObservationWriter that passes every observation to several, in order."""
+
+    def __init__(self, *writers: ObservationWriter) -> None:
+        self._writers = writers
+
+    def write(self, obs: Observation) -> None:
+        for writer in self._writers:
+            writer.write(obs)
+
+    def close(self) -> None:
+        for writer in self._writers:
+            writer.close()

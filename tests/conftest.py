@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -34,6 +36,24 @@ def _netns_ok() -> str | None:
     return None
 
 
+PG_ADMIN_URL = os.environ.get("EGRESSWATCH_TEST_PG_URL", "postgresql://127.0.0.1:5432/test")
+
+
+@cache
+def _postgres_ok() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return "needs psycopg (pip install 'psycopg[binary]')"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"needs PostgreSQL at {PG_ADMIN_URL} ($EGRESSWATCH_TEST_PG_URL): {first}"
+    return None
+
+
 def _missing(marker: str) -> str | None:
     """Why a test with ``marker`` cannot run here, or None when it can."""
     if marker == "root":
@@ -42,6 +62,8 @@ def _missing(marker: str) -> str | None:
         return _netns_ok()
     if marker in {"tshark", "tcpdump"}:
         return None if shutil.which(marker) else f"needs {marker} (apt install {marker})"
+    if marker == "postgres":
+        return _postgres_ok()
     return None
 
 
@@ -78,3 +100,22 @@ def captures() -> Path:
     if not CAPTURES.is_dir():
         pytest.skip(f"needs the shared captures folder at {CAPTURES}")
     return CAPTURES
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (dropped after), as a ``--db`` URL."""
+    import psycopg
+
+    reason = _postgres_ok()
+    if reason:
+        pytest.skip(reason)
+    name = f"egw_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,198 @@
+"""Opening a store: the URL, the engine and its pragmas, and the schema's version.
+
+``open_store`` is the one way in. It turns a ``--db`` value into an engine (a bare path means
+SQLite; ``postgresql://`` means PostgreSQL through psycopg 3), and brings the schema to the
+version this egresswatch writes: a new database is created, an older one is migrated (Alembic,
+under a lock so that two processes opening it at once do not both migrate), and one written by
+a newer egresswatch is refused, untouched, with a message that says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+
+from egresswatch.store.errors import StoreError, StoreVersionError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Pragmas for every SQLite connection. WAL lets reports read while the agent writes, and with
+# synchronous=NORMAL a commit survives the process being killed (only a power cut can lose the
+# last commits, never corrupt the file). busy_timeout waits out another writer's commit.
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA temp_store=MEMORY",
+    "PRAGMA cache_size=-65536",
+    "PRAGMA mmap_size=268435456",
+    "PRAGMA journal_size_limit=67108864",
+)
+
+
+def database_url(value: str | Path) -> URL:
+    """The SQLAlchemy URL for a ``--db`` value: a URL as is, a bare path as SQLite.
+
+    ``postgresql://`` (and ``postgres://``) select the psycopg 3 driver, the one installed.
+    """
+    raw = str(value)
+    if "://" not in raw:
+        return URL.create("sqlite", database=str(Path(raw).expanduser().absolute()))
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        msg = f"not a database URL: {raw!r} (use sqlite:///PATH, postgresql://..., or a path)"
+        raise StoreError(msg) from exc
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        msg = (
+            f"unsupported database {url.get_backend_name()!r} in {raw!r}: use SQLite or PostgreSQL"
+        )
+        raise StoreError(msg)
+    return url
+
+
+def describe(url: URL) -> str:
+    """The URL with any password hidden, for messages and report headers."""
+    return url.render_as_string(hide_password=True)
+
+
+def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see _sqlite_begin),
+    # so that DDL is transactional too: a migration cut short leaves the old schema, not half of
+    # the new one.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # Must come before the first table exists; a no-op on an existing database.
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def make_engine(url: URL) -> Engine:
+    """An engine for ``url`` with the store's settings (pragmas on SQLite)."""
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 10})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def schema_heads() -> tuple[str, ...]:
+    """The schema revisions this egresswatch writes."""
+    return tuple(ScriptDirectory(str(MIGRATIONS)).get_heads())
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The database's schema revision, None when it has none."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """One migrating process at a time: a lock file beside SQLite, an advisory lock on PG."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            yield
+            return
+        with open(url.database + ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(7429871)"))
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(7429871)"))
+            conn.commit()
+
+
+def migrate(engine: Engine, *, notify: Callable[[str], None] | None = None) -> str:
+    """Bring ``engine``'s schema to this version's head; return the revision it had before.
+
+    Raises :class:`StoreVersionError` for a database written by a newer egresswatch, and
+    :class:`StoreError` for one that is not an egresswatch database at all.
+    """
+    heads = schema_heads()
+    script = ScriptDirectory(str(MIGRATIONS))
+    with _migration_lock(engine), engine.begin() as conn:
+        before = current_revision(conn)
+        if before in heads:
+            return before
+        if before is None:
+            tables = set(inspect(conn).get_table_names())
+            if tables:
+                shown = ", ".join(sorted(tables)[:5])
+                msg = (
+                    f"{describe(engine.url)} is not an egresswatch database (it has tables "
+                    f"{shown} but no schema revision); give --db a new file or database"
+                )
+                raise StoreError(msg)
+        else:
+            try:
+                script.get_revision(before)
+            except Exception as exc:  # alembic raises several kinds for an unknown id
+                msg = (
+                    f"{describe(engine.url)} was written by a newer egresswatch (schema "
+                    f"revision {before!r}; this version knows up to {heads[-1]!r}): upgrade "
+                    f"egresswatch to read it, or use another --db"
+                )
+                raise StoreVersionError(msg) from exc
+            if notify is not None:
+                notify(f"migrating {describe(engine.url)} from schema {before} to {heads[-1]}")
+        command.upgrade(_alembic_config(conn), "head")
+        return before or "new"
+
+
+def open_engine(value: str | Path, *, notify: Callable[[str], None] | None = None) -> Engine:
+    """Open (creating or migrating as needed) the store at ``value`` and return its engine."""
+    url = database_url(value)
+    engine = make_engine(url)
+    try:
+        migrate(engine, notify=notify)
+    except (StoreError, StoreVersionError):
+        engine.dispose()
+        raise
+    except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        engine.dispose()
+        msg = f"cannot open {describe(url)}: {_first_line(exc)}"
+        raise StoreError(msg) from exc
+    return engine
+
+
+def _first_line(exc: BaseException) -> str:
+    original: Any = getattr(exc, "orig", None) or exc
+    return str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__

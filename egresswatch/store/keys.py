@@ -1,0 +1,46 @@
+"""Aggregation keys: which rows of the store count the same thing.
+
+A key is a 16-byte BLAKE2b digest of the descriptive values, so it is short and indexable and
+treats NULL as a value (SQL's unique constraints do not). Changing what goes into a key changes
+which rows merge: it needs a migration that recomputes the keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+_NULL = "\x00"
+_SEP = "\x1f"
+
+HOUR = 3600
+DAY = 86400
+
+DAILY_COLUMNS = (
+    "machine",
+    "kind",
+    "host",
+    "provider",
+    "role",
+    "endpoint_country",
+    "verdict",
+    "rule",
+    "process",
+)
+"""The columns of a daily rollup row, in key order."""
+
+
+def digest(values: Sequence[object]) -> bytes:
+    """The key of a row described by ``values`` (order matters)."""
+    text = _SEP.join(_NULL if v is None else str(v) for v in values)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def hour_of(ts: float) -> int:
+    """Start of the UTC hour holding ``ts``."""
+    return int(ts // HOUR) * HOUR
+
+
+def day_of(ts: float) -> int:
+    """Start of the UTC day holding ``ts``."""
+    return int(ts // DAY) * DAY

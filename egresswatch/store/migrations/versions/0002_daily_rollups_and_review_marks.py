@@ -1,0 +1,103 @@
+"""Daily rollups for fast grouped reports, and review marks for ``--new-since-last``.
+
+The rollup is filled from the hourly rows already in the database, so a store written by the
+first schema reports the same numbers after the upgrade.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-24
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from egresswatch.store.keys import DAILY_COLUMNS, DAY, digest
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+BATCH = 5000
+
+
+def upgrade() -> None:
+    daily = op.create_table(
+        "daily",
+        sa.Column("id", BigId, autoincrement=True, nullable=False),
+        sa.Column("day", sa.BigInteger(), nullable=False),
+        sa.Column("key", sa.LargeBinary(length=16), nullable=False),
+        sa.Column("machine", sa.String(length=255), nullable=False),
+        sa.Column("kind", sa.String(length=8), nullable=False),
+        sa.Column("host", sa.Text(), nullable=True),
+        sa.Column("provider", sa.String(length=64), nullable=True),
+        sa.Column("role", sa.String(length=32), nullable=True),
+        sa.Column("endpoint_country", sa.String(length=8), nullable=True),
+        sa.Column("verdict", sa.String(length=16), nullable=False),
+        sa.Column("rule", sa.String(length=255), nullable=True),
+        sa.Column("process", sa.String(length=255), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("first_seen", sa.Float(), nullable=False),
+        sa.Column("last_seen", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_daily")),
+        sa.UniqueConstraint("day", "key", name=op.f("uq_daily_day_key")),
+    )
+    op.create_table(
+        "review_marks",
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("ts", sa.Float(), nullable=False),
+        sa.Column("last_violation", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_review_marks")),
+    )
+    _backfill(daily)
+
+
+def _backfill(daily: sa.Table | None) -> None:
+    assert daily is not None
+    obs = sa.table(
+        "observations",
+        *(
+            sa.column(name)
+            for name in ("hour", "count", "first_seen", "last_seen", "reason", *DAILY_COLUMNS)
+        ),
+    )
+    day = (obs.c.hour - obs.c.hour % DAY).label("day")
+    keys = [obs.c[name] for name in DAILY_COLUMNS]
+    query = sa.select(
+        day,
+        *keys,
+        sa.func.max(obs.c.reason),
+        sa.func.sum(obs.c.count),
+        sa.func.min(obs.c.first_seen),
+        sa.func.max(obs.c.last_seen),
+    ).group_by(day, *keys)
+    bind = op.get_bind()
+    batch: list[dict[str, object]] = []
+    for row in bind.execute(query):
+        values = dict(zip(DAILY_COLUMNS, row[1 : 1 + len(DAILY_COLUMNS)], strict=True))
+        reason, count, first, last = row[1 + len(DAILY_COLUMNS) :]
+        batch.append(
+            {
+                "day": row[0],
+                "key": digest(list(values.values())),
+                **values,
+                "reason": reason,
+                "count": count,
+                "first_seen": first,
+                "last_seen": last,
+            }
+        )
+        if len(batch) >= BATCH:
+            bind.execute(daily.insert(), batch)
+            batch = []
+    if batch:
+        bind.execute(daily.insert(), batch)
+
+
+def downgrade() -> None:
+    op.drop_table("review_marks")
+    op.drop_table("daily")

@@ -1,0 +1,143 @@
+"""Retention: ``--keep 90d`` and a size bound, both by dropping the oldest whole days.
+
+Whole UTC days go together from every table (hourly rows, daily rollups, violations), so a
+report never sees a day whose rollup and details disagree. ``--keep`` rounds down to the start
+of a day and so keeps at least what it says. The size bound drops the oldest days until the
+rows left fit in 90% of the bound, then gives the free pages back to the file system (SQLite
+``incremental_vacuum``; PostgreSQL's autovacuum reuses them).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, delete, func, select, text
+
+from egresswatch.store.keys import DAY, day_of
+from egresswatch.store.models import DailyRollup, ObservationAggregate, ViolationRecord
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_BYTES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_duration(value: str) -> float:
+    """``90d``, ``12h``, ``2w``, ``30m``, ``45s`` (a bare number means days) -> seconds."""
+    match = _DURATION.match(value)
+    if not match:
+        msg = f"not a duration: {value!r} (use e.g. 90d, 12h, 2w)"
+        raise ValueError(msg)
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+
+
+def parse_size(value: str) -> int:
+    """``1G``, ``500MB``, ``2GiB``, ``1048576`` -> bytes (binary units)."""
+    match = _SIZE.match(value)
+    if not match:
+        msg = f"not a size: {value!r} (use e.g. 500M, 2G)"
+        raise ValueError(msg)
+    return int(float(match.group(1)) * _BYTES[match.group(2).lower()])
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What a prune removed."""
+
+    observations: int
+    """Hourly rows deleted."""
+    daily: int
+    """Daily rollup rows deleted."""
+    violations: int
+    """Violation records deleted."""
+    before_day: int | None
+    """Everything before this day (seconds since the epoch) is gone; None if nothing was."""
+    size_before: int
+    """Bytes the store used before."""
+    size_after: int
+    """Bytes after."""
+
+    @property
+    def removed(self) -> bool:
+        """Anything was deleted."""
+        return bool(self.observations or self.daily or self.violations)
+
+
+def store_size(conn: Connection) -> int:
+    """Bytes the store's data takes: used pages on SQLite, relation sizes on PostgreSQL."""
+    if conn.dialect.name == "sqlite":
+        page_size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+        free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+        return int((pages - free) * page_size)
+    total = 0
+    for table in ("observations", "daily", "violations", "review_marks"):
+        total += int(
+            conn.execute(text("SELECT pg_total_relation_size(:t)"), {"t": table}).scalar_one()
+        )
+    return total
+
+
+def _delete_before(conn: Connection, day: int) -> tuple[int, int, int]:
+    obs = conn.execute(delete(ObservationAggregate).where(ObservationAggregate.hour < day))
+    daily = conn.execute(delete(DailyRollup).where(DailyRollup.day < day))
+    viol = conn.execute(delete(ViolationRecord).where(ViolationRecord.ts < day))
+    return obs.rowcount, daily.rowcount, viol.rowcount
+
+
+def _cutoff_for_size(conn: Connection, size: int, bound: int) -> int | None:
+    """The first day to keep so that the rows left take about 90% of ``bound``."""
+    hour = ObservationAggregate.hour
+    per_day = conn.execute(
+        select((hour - hour % DAY).label("day"), func.count())
+        .group_by(text("day"))
+        .order_by(text("day"))
+    ).all()
+    total = sum(n for _, n in per_day)
+    if not per_day or total == 0:
+        return None
+    # Rows (hourly rows dominate the size) that may stay, in proportion to the bytes.
+    keep_rows = total * (0.9 * bound) / size
+    left = total
+    for day, n in per_day[:-1]:  # never the newest day: an agent must keep recording
+        if left <= keep_rows:
+            return int(day)
+        left -= n
+    return int(per_day[-1][0])
+
+
+def prune(
+    engine: Engine, *, keep_seconds: float | None, max_bytes: int | None, now: float
+) -> PruneResult:
+    """Delete what is older than ``keep_seconds`` before ``now``, then the oldest days while
+    the store is over ``max_bytes``."""
+    deleted = [0, 0, 0]
+    cutoff: int | None = None
+    with engine.begin() as conn:
+        size_before = store_size(conn)
+        if keep_seconds is not None:
+            cutoff = day_of(now - keep_seconds)
+            for i, n in enumerate(_delete_before(conn, cutoff)):
+                deleted[i] += n
+        size = store_size(conn) if keep_seconds is not None else size_before
+        if max_bytes is not None and size > max_bytes:
+            by_size = _cutoff_for_size(conn, size, max_bytes)
+            if by_size is not None and (cutoff is None or by_size > cutoff):
+                cutoff = by_size
+                for i, n in enumerate(_delete_before(conn, by_size)):
+                    deleted[i] += n
+    if any(deleted) and engine.url.get_backend_name() == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA incremental_vacuum")
+            conn.commit()
+    with engine.connect() as conn:
+        size_after = store_size(conn)
+    return PruneResult(
+        deleted[0],
+        deleted[1],
+        deleted[2],
+        cutoff if any(deleted) else None,
+        size_before,
+        size_after,
+    )

@@ -1,0 +1,295 @@
+"""Recording observations: aggregated in memory, written in short transactions.
+
+:class:`StoreWriter` is a sink (``write``/``flush``/``close``) for enriched observations. It
+adds each to an in-memory aggregate keyed by hour and descriptive columns, and to the day's
+rollup, and keeps each violation as its own record. Every ``flush_seconds`` (or sooner when
+``max_pending`` distinct rows or a violation are waiting for ``violation_seconds``) it writes
+them all in one transaction: upserts that add counts and widen first/last seen, and inserts
+for violations. A process killed between two flushes loses at most the last interval, and never
+leaves a half-written transaction behind: what was committed is there, whole.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, Table, case
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from egresswatch.store.engine import describe
+from egresswatch.store.errors import StoreError
+from egresswatch.store.keys import DAILY_COLUMNS, day_of, digest, hour_of
+from egresswatch.store.models import DailyRollup, ObservationAggregate, ViolationRecord
+from probes.observation import Observation
+
+MAX_TEXT = 4096
+"""Longest text stored in a column; longer names (a crafted SNI may be 64 kB) are cut."""
+
+AGGREGATE_COLUMNS = (
+    "machine",
+    "kind",
+    "transport",
+    "src",
+    "dst",
+    "dport",
+    "host",
+    "qtype",
+    "provider",
+    "role",
+    "region",
+    "inference",
+    "endpoint_country",
+    "asn",
+    "as_org",
+    "anycast",
+    "ech",
+    "verdict",
+    "rule",
+    "reason",
+    "process",
+)
+"""The descriptive columns of an hourly row, in key order."""
+
+_DAILY_INDEX = tuple(AGGREGATE_COLUMNS.index(name) for name in DAILY_COLUMNS)
+_REASON = AGGREGATE_COLUMNS.index("reason")
+
+
+def clean_text(value: str | None, limit: int = MAX_TEXT) -> str | None:
+    """Text a database accepts: no NUL (PostgreSQL refuses it), no lone surrogates (invalid
+    UTF-8 carried by ``surrogateescape``), at most ``limit`` characters."""
+    if value is None:
+        return None
+    if len(value) > limit:
+        value = value[: limit - 1] + "…"
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _values(obs: Observation, machine: str) -> tuple[Any, ...]:
+    """The descriptive values of ``obs``, in :data:`AGGREGATE_COLUMNS` order."""
+    extra = obs.extra
+    inference = extra.get("inference") or ()
+    host = extra.get("host") if "host" in extra else (obs.qname if obs.kind == "dns" else obs.sni)
+    return (
+        machine,
+        obs.kind,
+        obs.transport,
+        obs.src,
+        obs.dst,
+        obs.dport,
+        clean_text(host),
+        obs.qtype,
+        extra.get("provider"),
+        extra.get("role"),
+        extra.get("region"),
+        ",".join(inference) or None,
+        extra.get("endpoint_country"),
+        extra.get("asn"),
+        clean_text(extra.get("as_org"), 255),
+        bool(extra.get("anycast")),
+        obs.ech,
+        extra.get("verdict") or "audit",
+        clean_text(extra.get("rule"), 255),
+        clean_text(extra.get("reason")),
+        clean_text(extra.get("process"), 255),
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(slots=True)
+class _Pending:
+    count: int
+    first: float
+    last: float
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """What a writer has done so far."""
+
+    observations: int = 0
+    """Observations recorded."""
+    rows: int = 0
+    """Hourly rows upserted (an observation that merged into a pending row is not a new one)."""
+    violations: int = 0
+    """Violation records committed."""
+    commits: int = 0
+    """Transactions committed."""
+
+
+class StoreWriter:
+    """Sink: records enriched observations into the store (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        machine: str,
+        flush_seconds: float = 2.0,
+        violation_seconds: float = 0.5,
+        max_pending: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self._machine = clean_text(machine, 255) or "unknown"
+        self._flush_seconds = flush_seconds
+        self._violation_seconds = violation_seconds
+        self._max_pending = max_pending
+        self._clock = clock
+        self._hourly: dict[tuple[int, tuple[Any, ...]], _Pending] = {}
+        self._violations: list[dict[str, Any]] = []
+        self._last_flush = clock()
+        self._postgres = engine.url.get_backend_name() == "postgresql"
+        self.stats = WriterStats()
+
+    # -- the sink interface --------------------------------------------------------------------
+
+    def write(self, obs: Observation) -> None:
+        """Record one enriched observation; flush when it is time."""
+        values = _values(obs, self._machine)
+        slot = (hour_of(obs.ts), values)
+        pending = self._hourly.get(slot)
+        if pending is None:
+            self._hourly[slot] = _Pending(1, obs.ts, obs.ts)
+        else:
+            pending.count += 1
+            pending.first = min(pending.first, obs.ts)
+            pending.last = max(pending.last, obs.ts)
+        if obs.extra.get("verdict") == "violation":
+            self._violations.append(self._violation(obs, values))
+        self.stats.observations += 1
+        self.tick()
+
+    def tick(self) -> None:
+        """Flush if the interval has passed; call it when idle, too, so nothing waits long."""
+        if not self._hourly and not self._violations:
+            return
+        waited = self._clock() - self._last_flush
+        if (
+            waited >= self._flush_seconds
+            or len(self._hourly) >= self._max_pending
+            or (self._violations and waited >= self._violation_seconds)
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything pending in one transaction."""
+        self._last_flush = self._clock()
+        if not self._hourly and not self._violations:
+            return
+        hourly, violations = self._hourly, self._violations
+        daily: dict[tuple[int, tuple[Any, ...]], _Pending] = {}
+        for (hour, values), pending in hourly.items():
+            slot = (day_of(hour), tuple(values[i] for i in _DAILY_INDEX))
+            have = daily.get(slot)
+            if have is None:
+                daily[slot] = _Pending(pending.count, pending.first, pending.last, values[_REASON])
+            else:
+                have.count += pending.count
+                have.first = min(have.first, pending.first)
+                have.last = max(have.last, pending.last)
+        hourly_rows = [
+            {
+                "hour": hour,
+                "key": digest(values),
+                **dict(zip(AGGREGATE_COLUMNS, values, strict=True)),
+                "count": p.count,
+                "first_seen": p.first,
+                "last_seen": p.last,
+            }
+            for (hour, values), p in hourly.items()
+        ]
+        daily_rows = [
+            {
+                "day": day,
+                "key": digest(values),
+                **dict(zip(DAILY_COLUMNS, values, strict=True)),
+                "reason": p.reason,
+                "count": p.count,
+                "first_seen": p.first,
+                "last_seen": p.last,
+            }
+            for (day, values), p in daily.items()
+        ]
+        try:
+            with self.engine.begin() as conn:
+                if hourly_rows:
+                    conn.execute(self._upsert(ObservationAggregate.__table__, "hour"), hourly_rows)  # type: ignore[arg-type]
+                if daily_rows:
+                    conn.execute(self._upsert(DailyRollup.__table__, "day"), daily_rows)  # type: ignore[arg-type]
+                if violations:
+                    conn.execute(ViolationRecord.__table__.insert(), violations)  # type: ignore[attr-defined]
+        except SQLAlchemyError as exc:
+            # Keep what is pending: the next flush tries again (a busy database, a full disk
+            # that an operator frees). Bounded: past twice the limit the oldest is dropped.
+            if len(self._hourly) > 2 * self._max_pending:
+                self._hourly.clear()
+            orig = getattr(exc, "orig", None) or exc
+            msg = f"cannot write to {describe(self.engine.url)}: {orig}"
+            raise StoreError(msg) from exc
+        self._hourly = {}
+        self._violations = []
+        self.stats.rows += len(hourly_rows)
+        self.stats.violations += len(violations)
+        self.stats.commits += 1
+
+    def close(self) -> None:
+        """Flush what is pending."""
+        self.flush()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _violation(self, obs: Observation, values: tuple[Any, ...]) -> dict[str, Any]:
+        row = dict(zip(AGGREGATE_COLUMNS, values, strict=True))
+        del row["qtype"]
+        extra = obs.extra
+        pid = extra.get("pid")
+        return {
+            **row,
+            "ts": obs.ts,
+            "sport": obs.sport,
+            "sni": clean_text(obs.sni),
+            "alpn": [clean_text(a, 255) for a in obs.alpn],
+            "pid": pid if isinstance(pid, int) else None,
+            "detail": _jsonable(obs.to_dict()),
+        }
+
+    def _upsert(self, table: Table, bucket: str) -> Any:
+        """INSERT ... ON CONFLICT (bucket, key) DO UPDATE adding counts, widening the span."""
+        insert = postgresql.insert if self._postgres else sqlite.insert
+        stmt = insert(table)
+        new = stmt.excluded
+        latest = {"reason": new.reason} if bucket == "day" else {}
+        return stmt.on_conflict_do_update(
+            index_elements=[bucket, "key"],
+            set_={
+                **latest,
+                "count": table.c.count + new.count,
+                "first_seen": case(
+                    (new.first_seen < table.c.first_seen, new.first_seen),
+                    else_=table.c.first_seen,
+                ),
+                "last_seen": case(
+                    (new.last_seen > table.c.last_seen, new.last_seen), else_=table.c.last_seen
+                ),
+            },
+        )
