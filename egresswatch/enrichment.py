@@ -109,12 +109,24 @@ class ObservationEnricher:
             kind=obs.kind,
             port=obs.dport,
             ip=obs.dst,
+            process=obs.extra.get("process"),
             ech=obs.ech,
-            ech_real=ech_is_real(obs.sni, obs.ech, name in self._ech_names),
+            ech_real=ech_is_real(obs.sni, obs.ech, self._has_ech_config(name, obs)),
         )
         if verdict.verdict == "violation":
             self.violations += 1
         return {"verdict": verdict.verdict, "rule": verdict.rule, "reason": verdict.reason}
+
+    def _has_ech_config(self, name: str, obs: Observation) -> bool:
+        """The HTTPS record the client looked up carried an ECH config: for the outer name
+        itself, or for the real name that DNS answered with this destination address (the
+        usual case: the client asks for secret.example and sends the public name outside)."""
+        if not obs.ech:
+            return False
+        if name in self._ech_names:
+            return True
+        names = self.enricher.correlator.names_for(obs.dst, obs.ts)
+        return any(n != name and n in self._ech_names for n in names)
 
     def __call__(self, obs: Observation) -> Observation:
         enricher = self.enricher
@@ -128,6 +140,9 @@ class ObservationEnricher:
         else:
             dest = enricher.destination(obs.sni, obs.dst, now=obs.ts)
         extra = {**obs.extra, **dest.fields()}
+        # DESIGN.md: the local process, null where it could not be attributed (replay).
+        extra.setdefault("pid", None)
+        extra.setdefault("process", None)
         if self.policy is not None:
             extra.update(self._judge(obs, dest))
         elif obs.kind != "dns" and (mine := self.own.why(obs, dest.host)) is not None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from egresswatch.errors import ConfigError
-from geo.countries import EEA, EU, GLOBAL, GROUPS, ISO_ALPHA2, UNKNOWN
+from geo.countries import EEA, EU, GLOBAL, GROUPS, ISO_ALPHA2
 from geo.destination import Destination
 from geo.register import ROLES, load_register
 
@@ -566,6 +566,18 @@ def _rank(severity: Severity) -> int:
     return SEVERITIES.index(severity)
 
 
+def _worse(
+    found: tuple[Severity, str | None, str], outcome: tuple[Severity, str | None, str] | None
+) -> bool:
+    """``found`` replaces ``outcome``: it is worse, or as bad and ``outcome`` named no rule (a
+    built-in check set to "allow" still names itself, since every verdict carries its rule)."""
+    if outcome is None:
+        return True
+    if _rank(found[0]) != _rank(outcome[0]):
+        return _rank(found[0]) > _rank(outcome[0])
+    return outcome[1] is None
+
+
 def _matches(
     rule: Rule,
     dest: Destination,
@@ -608,7 +620,11 @@ def _inside(location: str, allowed: frozenset[str]) -> bool | None:
         return allowed >= EU
     if location == "EEA":
         return allowed >= EEA
-    return None  # global, unknown, anything else
+    if location == GLOBAL:
+        # The provider documents that inference may run anywhere: an established location,
+        # and not inside any set of countries.
+        return False
+    return None  # unknown, anything else
 
 
 def _residency(
@@ -645,21 +661,29 @@ def _residency(
         else:
             steps.append(f"4: jurisdiction {home} is not denied")
     if policy.inference is not None:
-        locations = dest.inference or (UNKNOWN,)
+        locations = dest.inference
         outside = [loc for loc in locations if _inside(loc, policy.inference) is False]
-        if outside:
+        if not locations:
+            # Telemetry, auth, downloads, control planes: the register documents no inference
+            # for them, so there is nothing that could lie outside.
+            steps.append(f"4: no inference documented for this endpoint (role {dest.role})")
+        elif outside:
             steps.append(
                 f"4: inference {', '.join(locations)} has {', '.join(outside)} "
                 "outside the allowed set -> violation"
             )
+            where = (
+                "anywhere (the provider documents global processing)"
+                if outside == [GLOBAL]
+                else f"in {', '.join(outside)}"
+            )
             return (
                 "violation",
                 "inference",
-                f"{name} may run inference in {', '.join(outside)}, outside the allowed locations.",
+                f"{name} may run inference {where}, outside the allowed locations.",
             )
-        if any(_inside(loc, policy.inference) is None for loc in locations):
-            what = "global" if GLOBAL in locations else "unknown"
-            not_established(f"the inference location ({what})")
+        elif any(_inside(loc, policy.inference) is None for loc in locations):
+            not_established("the inference location")
         else:
             steps.append(f"4: inference {', '.join(locations)} lies inside")
     if policy.endpoint is not None:
@@ -773,7 +797,7 @@ def evaluate(
                 steps.append("3: not an AI endpoint, scope = ai: allowed unjudged")
         if run_residency:
             found = _residency(policy, dest, steps)
-            if found is not None and (outcome is None or _rank(found[0]) > _rank(outcome[0])):
+            if found is not None and _worse(found, outcome):
                 outcome = found
             elif found is None:
                 steps.append("4: residency checks pass")
@@ -792,10 +816,9 @@ def evaluate(
             steps.append("5: ECH extension without an ECH config: judged by its SNI")
         if why is not None:
             steps.append(f"5: unverifiable ({policy.unverifiable})")
-            if policy.unverifiable != "allow" and (
-                outcome is None or _rank(policy.unverifiable) > _rank(outcome[0])
-            ):
-                outcome = (policy.unverifiable, "unverifiable", why)
+            found = (policy.unverifiable, "unverifiable", why)
+            if _worse(found, outcome):
+                outcome = found
         else:
             steps.append("5: verifiable")
 

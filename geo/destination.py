@@ -52,8 +52,9 @@ class Destination:
 
     @property
     def is_ai(self) -> bool:
-        """The register knows this endpoint (any role)."""
-        return self.provider is not None
+        """An AI endpoint: the register knows it, and it is not a public DNS resolver (role
+        ``doh``), which the register lists only so that DNS over HTTPS can be recognised."""
+        return self.provider is not None and self.role != "doh"
 
     def fields(self) -> dict[str, Any]:
         """The enrichment fields of the Observation JSON Lines contract, in contract order."""

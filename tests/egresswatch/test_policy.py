@@ -139,8 +139,8 @@ provider = "openai"
 """
     )
     v = evaluate(p, real("api.openai.com"), kind="tls", port=443)
-    # OpenAI documents global inference: not established
-    assert (v.verdict, v.rule) == ("warn", "unknown_location")
+    # OpenAI documents global inference: it may run anywhere, which is not inside the EU
+    assert (v.verdict, v.rule) == ("violation", "inference")
 
 
 def test_step2_residency_false_exempts() -> None:
@@ -207,9 +207,10 @@ unknown_location = "warn"
         (ai(jurisdiction="CN"), ("violation", "jurisdiction")),
         (ai(jurisdiction=None), ("warn", "unknown_location")),
         (ai(inference=("DE", "US")), ("violation", "inference")),
-        (ai(inference=("global",)), ("warn", "unknown_location")),
+        (ai(inference=("global",)), ("violation", "inference")),
         (ai(inference=("unknown",)), ("warn", "unknown_location")),
-        (ai(inference=()), ("warn", "unknown_location")),
+        # nothing documented (telemetry, auth, ...): nothing can lie outside
+        (ai(inference=(), role="telemetry"), ("allow", None)),
         (ai(inference=("global", "US")), ("violation", "inference")),
         (ai(endpoint_country="US"), ("violation", "endpoint")),
         (ai(endpoint_country=None), ("warn", "unknown_location")),
@@ -221,7 +222,7 @@ unknown_location = "warn"
         ),
         (ai(inference=("US",), endpoint_country="US"), ("violation", "inference")),
         # an unknown earlier does not hide a later failure
-        (ai(inference=("global",), endpoint_country="US"), ("violation", "endpoint")),
+        (ai(inference=("unknown",), endpoint_country="US"), ("violation", "endpoint")),
     ],
 )
 def test_step4_residency(dest: Destination, expected: tuple[str, str | None]) -> None:
@@ -244,8 +245,23 @@ def test_step4_real_register_region_narrowing() -> None:
 
 def test_step4_unknown_location_violation() -> None:
     p = policy(RESIDENCY.replace('unknown_location = "warn"', 'unknown_location = "violation"'))
-    v = evaluate(p, ai(inference=("global",)), kind="tls")
+    v = evaluate(p, ai(inference=("unknown",)), kind="tls")
     assert (v.verdict, v.rule) == ("violation", "unknown_location")
+
+
+def test_step4_unknown_location_allow_still_names_the_check() -> None:
+    # POLICY.md: every verdict carries its rule, a built-in name included
+    p = policy(RESIDENCY.replace('unknown_location = "warn"', 'unknown_location = "allow"'))
+    v = evaluate(p, ai(endpoint_country=None), kind="tls")
+    assert (v.verdict, v.rule) == ("allow", "unknown_location")
+    assert "cannot be established" in (v.reason or "")
+
+
+def test_step4_dns_resolvers_are_not_ai_endpoints() -> None:
+    # The register lists public resolvers for DoH; [residency] is for AI endpoints only.
+    p = policy(RESIDENCY)
+    v = evaluate(p, real("dns.quad9.net", "192.0.2.1"), kind="tls", port=443)
+    assert (v.verdict, v.rule) == ("warn", "unverifiable")
 
 
 @pytest.mark.parametrize(
@@ -271,16 +287,15 @@ def test_step5_unverifiable(
         assert v.verdict == "violation"
 
 
-def test_step5_unverifiable_allow_severity_changes_nothing() -> None:
+def test_step5_unverifiable_allow_severity_allows_and_names_the_check() -> None:
     v = evaluate(policy('[audit]\nunverifiable = "allow"\n'), Destination(host=None), kind="tls")
-    assert v.verdict == "allow"
-    assert v.rule is None
+    assert (v.verdict, v.rule) == ("allow", "unverifiable")
 
 
 def test_worst_outcome_wins() -> None:
     # residency says warn, unverifiable says violation
     p = policy(RESIDENCY + '[audit]\nunverifiable = "violation"\n')
-    v = evaluate(p, ai(inference=("global",)), kind="tls", ech=True, ech_real=True)
+    v = evaluate(p, ai(inference=("unknown",)), kind="tls", ech=True, ech_real=True)
     assert (v.verdict, v.rule) == ("violation", "unverifiable")
     # residency violation beats an unverifiable warning
     p = policy(RESIDENCY)
