@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from egresswatch.report.query import Filters, ReportQuery  # noqa: E402
 from egresswatch.store.engine import open_engine  # noqa: E402
-from egresswatch.store.keys import DAILY_COLUMNS, DAY, HOUR, digest  # noqa: E402
+from egresswatch.store.keys import DAILY_COLUMNS, DAY, HOUR, digest, week_of  # noqa: E402
 from egresswatch.store.writer import AGGREGATE_COLUMNS  # noqa: E402
 from geo.register import load_register  # noqa: E402
 
@@ -171,6 +171,23 @@ def build_store(path: Path) -> None:
             for (day, vals), (count, first, last, reason) in daily.items()
         ),
     )
+    weekly: dict[tuple[object, ...], list[object]] = {}
+    for (day, vals), (count, first, last, reason) in daily.items():
+        slot = weekly.get((week_of(day), vals))  # type: ignore[arg-type]
+        if slot is None:
+            weekly[(week_of(day), vals)] = [count, first, last, reason]  # type: ignore[arg-type]
+        else:
+            slot[0] += count  # type: ignore[operator]
+            slot[1] = min(slot[1], first)  # type: ignore[type-var]
+            slot[2] = max(slot[2], last)  # type: ignore[type-var]
+    wcols = ("week", "key", *DAILY_COLUMNS, "reason", "count", "first_seen", "last_seen")
+    db.executemany(
+        f"INSERT INTO weekly ({','.join(wcols)}) VALUES ({','.join('?' * len(wcols))})",
+        (
+            (week, digest(vals), *vals, reason, count, first, last)  # type: ignore[arg-type]
+            for (week, vals), (count, first, last, reason) in weekly.items()
+        ),
+    )
     db.commit()
     vcols = (*AGGREGATE_COLUMNS, "ts", "sport", "sni", "alpn", "pid", "detail")
     vcols = tuple(c for c in vcols if c != "qtype")
@@ -281,14 +298,16 @@ def main() -> None:
     raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     counts = {
         t: raw.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-        for t in ("observations", "daily", "violations")
+        for t in ("observations", "daily", "weekly", "violations")
     }
     total_h = raw.execute("SELECT sum(count) FROM observations").fetchone()[0]
     total_d = raw.execute("SELECT sum(count) FROM daily").fetchone()[0]
+    total_w = raw.execute("SELECT sum(count) FROM weekly").fetchone()[0]
     print(
-        f"  store: {counts['observations']:,} hourly rows, {counts['daily']:,} daily rollup rows, "
-        f"{counts['violations']:,} violations; {path.stat().st_size / 1e9:.2f} GB; "
-        f"counts agree: {total_h == total_d} ({total_h:,})"
+        f"  store: {counts['observations']:,} hourly rows, {counts['daily']:,} daily and "
+        f"{counts['weekly']:,} weekly rollup rows, {counts['violations']:,} violations; "
+        f"{path.stat().st_size / 1e9:.2f} GB; "
+        f"counts agree: {total_h == total_d == total_w} ({total_h:,})"
     )
     engine = open_engine(path)
     query = ReportQuery(engine)

@@ -861,7 +861,14 @@ def report(
     if limit is None and form in (ReportFormat.TABLE, ReportFormat.MARKDOWN, ReportFormat.HTML):
         limit = 5000
     engine = _open_existing(db)
-    built = ReportQuery(engine).build(filters, by=by, limit=limit, now=now, advance_mark=not peek)
+    built = ReportQuery(engine).build(
+        filters,
+        by=by,
+        limit=limit,
+        now=now,
+        advance_mark=not peek,
+        with_cases=form in (ReportFormat.JSON, ReportFormat.HTML, ReportFormat.JUNIT),
+    )
     if output is not None:
         with open(output, "w", encoding="utf-8", newline="") as stream:
             renderer(form, color=False).render(built, stream)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,8 +36,14 @@ from sqlalchemy import (
 from egresswatch.policy import compile_host_glob
 from egresswatch.report.interface import Case, Report, ReportKind, Summary, Value
 from egresswatch.store.engine import describe
-from egresswatch.store.keys import DAY, HOUR
-from egresswatch.store.models import DailyRollup, ObservationAggregate, ReviewMark, ViolationRecord
+from egresswatch.store.keys import DAY, HOUR, WEEK, day_of, hour_of, week_of
+from egresswatch.store.models import (
+    DailyRollup,
+    ObservationAggregate,
+    ReviewMark,
+    ViolationRecord,
+    WeeklyRollup,
+)
 from probes.observation import format_ts
 
 VERDICTS = ("allow", "warn", "violation", "audit")
@@ -204,14 +210,21 @@ class _Selection:
         return out
 
 
+def _ceil(value: int, step: int, floor: Callable[[int], int]) -> int:
+    base = floor(value)
+    return base if base == value else base + step
+
+
 def _count_source(sel: _Selection, columns: Sequence[str]) -> Any:
-    """A subquery of (columns..., count, first_seen, last_seen) rows covering the time range:
-    daily rollups for whole days, hourly rows for the part days at the edges."""
+    """A subquery of (columns..., count, first_seen, last_seen) rows covering the time range
+    with as few rows as possible: weekly rollups for whole weeks, daily rollups for whole days
+    around them, hourly rows for the part days at the edges. A ``day`` column rules the weekly
+    rollups out."""
     f = sel.filters
     start = None if f.since is None else int(f.since // HOUR) * HOUR
     end = f.until
 
-    def project(table: Any, bucket: Any, day_expr: Any) -> Select[Any]:
+    def project(table: Any, day_expr: Any) -> Select[Any]:
         cols = [
             (day_expr if name == "day" else getattr(table, name)).label(name) for name in columns
         ]
@@ -222,26 +235,39 @@ def _count_source(sel: _Selection, columns: Sequence[str]) -> Any:
             table.last_seen.label("last_seen"),
         ).where(*sel.where(table))
 
-    daily = project(DailyRollup, DailyRollup.day, DailyRollup.day)
+    def span(column: Any, lo: int | None, hi: int | None) -> list[ColumnElement[bool]]:
+        return [
+            c
+            for c in (None if lo is None else column >= lo, None if hi is None else column < hi)
+            if c is not None
+        ]
+
     hour = ObservationAggregate.hour
-    hourly = project(ObservationAggregate, hour, hour - hour % DAY)
-    if start is None and end is None:
-        return daily.subquery()
-    full_start = None if start is None else -(-start // DAY) * DAY
-    full_end = None if end is None else int(end // DAY) * DAY
+    hourly = project(ObservationAggregate, hour - hour % DAY)
+    daily = project(DailyRollup, DailyRollup.day)
+    weekly = None if "day" in columns else project(WeeklyRollup, None)
     parts: list[Select[Any]] = []
-    if full_start is not None and full_end is not None and full_start >= full_end:
+    d0 = None if start is None else _ceil(start, DAY, day_of)
+    d1 = None if end is None else day_of(end)
+    if d0 is not None and d1 is not None and d0 >= d1:
         # The range lies within one or two days: the hourly rows alone.
-        parts.append(hourly.where(hour >= start, hour < end))
+        return hourly.where(*span(hour, start, _ceil(int(end), HOUR, hour_of))).subquery()  # type: ignore[arg-type]
+    if start is not None and d0 is not None and start < d0:
+        parts.append(hourly.where(*span(hour, start, d0)))
+    if end is not None and d1 is not None and d1 < end:
+        parts.append(hourly.where(*span(hour, d1, _ceil(int(end), HOUR, hour_of))))
+    w0 = None if d0 is None else _ceil(d0, WEEK, week_of)
+    w1 = None if d1 is None else week_of(d1)
+    if weekly is None or (w0 is not None and w1 is not None and w0 >= w1):
+        parts.append(daily.where(*span(DailyRollup.day, d0, d1)))
     else:
-        conds = []
-        if full_start is not None:
-            conds.append(DailyRollup.day >= full_start)
-            parts.append(hourly.where(hour >= start, hour < full_start))
-        if full_end is not None:
-            conds.append(DailyRollup.day < full_end)
-            parts.append(hourly.where(hour >= full_end, hour < end))
-        parts.append(daily.where(*conds))
+        if d0 is not None and w0 is not None and d0 < w0:
+            parts.append(daily.where(*span(DailyRollup.day, d0, w0)))
+        if d1 is not None and w1 is not None and w1 < d1:
+            parts.append(daily.where(*span(DailyRollup.day, w1, d1)))
+        parts.append(weekly.where(*span(WeeklyRollup.week, w0, w1)))
+    if len(parts) == 1:
+        return parts[0].subquery()
     return union_all(*parts).subquery()
 
 
@@ -256,22 +282,25 @@ def _violation_where(sel: _Selection) -> list[ColumnElement[bool]]:
 
 
 def _new_since_last(conn: Connection, sel: _Selection) -> tuple[ColumnElement[bool], int]:
-    """The clause for violations that are new since the mark, and the mark's last id."""
+    """The clause for violations that are new since the mark, and the mark's last id: those
+    after it whose rule and destination had no violation up to it."""
     last = _mark(conn, sel.filters.mark)
+    if last == 0:
+        return ViolationRecord.id > 0, 0
     older = ViolationRecord.__table__.alias("older")
-    seen_before = (
-        select(literal(1))
-        .where(
-            older.c.id <= last,
-            older.c.rule == ViolationRecord.rule,
-            or_(
-                older.c.host == ViolationRecord.host,
-                and_(older.c.host.is_(None), ViolationRecord.host.is_(None)),
-            ),
+    v = ViolationRecord
+
+    def seen(host_matches: ColumnElement[bool]) -> Any:
+        # (rule, host, ...) is indexed: each probe is an index look-up, not a scan.
+        return (
+            select(literal(1))
+            .where(older.c.rule == v.rule, host_matches, older.c.id <= last)
+            .exists()
         )
-        .exists()
-    )
-    return and_(ViolationRecord.id > last, ~seen_before), last
+
+    named = and_(v.host.is_not(None), ~seen(older.c.host == v.host))
+    unnamed = and_(v.host.is_(None), ~seen(older.c.host.is_(None)))
+    return and_(v.id > last, or_(named, unnamed)), last
 
 
 def _mark(conn: Connection, name: str) -> int:
@@ -322,9 +351,9 @@ class _Facets:
         self,
         day: int,
         verdict: str,
+        kind: str,
         country: str | None,
         rule: str | None,
-        kind: str,
         count: int,
         first: float,
         last: float,
@@ -347,25 +376,23 @@ class _Facets:
             name = rule or "(none)"
             self.rules[name] = self.rules.get(name, 0) + bad
 
+    def add_name(self, host: str | None, machine: str, *, dns: bool) -> None:
+        self.machines.add(machine)
+        if not dns:
+            self.hosts.add(host)
+
     def add_case(
         self,
         rule: str | None,
         host: str | None,
         verdict: str,
-        machine: str,
         count: int,
         reason: str | None,
         provider: str | None,
         country: str | None,
         first: float,
         last: float,
-        *,
-        dns: bool = False,
     ) -> None:
-        self.machines.add(machine)
-        if dns:
-            return
-        self.hosts.add(host)
         slot = self.cases.setdefault(
             (rule or "(none)", host or "(no name)"),
             {
@@ -388,7 +415,7 @@ class _Facets:
         slot["last"] = max(slot["last"], last)
 
     def result(
-        self, violations: int, violations_only: bool
+        self, violations: int
     ) -> tuple[
         Summary,
         list[tuple[str, int, int]],
@@ -449,10 +476,12 @@ class ReportQuery:
         limit: int | None = None,
         now: float | None = None,
         advance_mark: bool = True,
+        with_cases: bool = True,
         title: str = "egresswatch report",
     ) -> Report:
         """Run the queries for one report. With ``new_since_last`` and ``advance_mark``, the
-        review mark moves to the newest violation the report could see."""
+        review mark moves to the newest violation the report could see. ``with_cases=False``
+        leaves ``Report.cases`` empty (one query fewer, for formats that do not show them)."""
         now = time.time() if now is None else now
         with self.engine.connect() as conn:
             sel = _Selection(conn, filters)
@@ -481,7 +510,7 @@ class ReportQuery:
             else:
                 columns, rows, truncated = self._connections(conn, sel, limit)
             summary, timeline, countries, top_rules, cases = self._facets(
-                conn, sel, vwhere, violations_only
+                conn, sel, vwhere, violations_only, with_cases
             )
             max_id = conn.execute(select(func.max(ViolationRecord.id))).scalar()
         if filters.new_since_last and advance_mark:
@@ -638,6 +667,7 @@ class ReportQuery:
         sel: _Selection,
         vwhere: list[ColumnElement[bool]],
         violations_only: bool,
+        with_cases: bool,
     ) -> tuple[
         Summary,
         list[tuple[str, int, int]],
@@ -645,8 +675,9 @@ class ReportQuery:
         list[tuple[str, int]],
         list[Case],
     ]:
-        """Summary, timeline, countries, top rules and cases, from two passes over the counts
-        (or one over the violations)."""
+        """Summary, timeline, countries, top rules and (``with_cases``) cases: one pass over
+        the daily counts, one over the weekly ones for machines and names, one more for cases
+        (or one pass over the violations)."""
         violations = int(
             conn.execute(
                 select(func.count()).select_from(ViolationRecord).where(*vwhere)
@@ -668,56 +699,50 @@ class ReportQuery:
                 ).where(*vwhere)
             ):
                 ts, rule, host, verdict, machine, country, provider, reason = _any(row)
-                facets.add_counts(day_of_ts(ts), verdict, country, rule, "tls", 1, ts, ts)
-                facets.add_case(rule, host, verdict, machine, 1, reason, provider, country, ts, ts)
-        else:
-            src = _count_source(sel, ["day", "verdict", "endpoint_country", "rule", "kind"])
-            for row in conn.execute(
-                select(
-                    src.c.day,
-                    src.c.verdict,
-                    src.c.endpoint_country,
-                    src.c.rule,
-                    src.c.kind,
-                    func.sum(src.c["count"]),
-                    func.min(src.c.first_seen),
-                    func.max(src.c.last_seen),
-                ).group_by(src.c.day, src.c.verdict, src.c.endpoint_country, src.c.rule, src.c.kind)
-            ):
-                facets.add_counts(*_any(row))
+                facets.add_counts(day_of(ts), verdict, "tls", country, rule, 1, ts, ts)
+                facets.add_name(host, machine, dns=False)
+                if with_cases:
+                    facets.add_case(rule, host, verdict, 1, reason, provider, country, ts, ts)
+            return facets.result(violations)
+        # In the order of the daily rollup's covering index, so that SQLite streams it.
+        keys = ["day", "verdict", "kind", "endpoint_country", "rule"]
+        src = _count_source(sel, keys)
+        for counts in conn.execute(
+            select(
+                *(src.c[k] for k in keys),
+                func.sum(src.c["count"]),
+                func.min(src.c.first_seen),
+                func.max(src.c.last_seen),
+            ).group_by(*(src.c[k] for k in keys))
+        ):
+            facets.add_counts(*_any(counts))
+        src = _count_source(sel, ["host", "machine", "kind"])
+        is_dns = src.c.kind == "dns"
+        for host, machine, dns in conn.execute(
+            select(src.c.host, src.c.machine, is_dns).group_by(src.c.host, src.c.machine, is_dns)
+        ):
+            facets.add_name(host, machine, dns=bool(dns))
+        if with_cases:
             src = _count_source(
-                sel,
-                [
-                    "rule",
-                    "host",
-                    "verdict",
-                    "machine",
-                    "reason",
-                    "provider",
-                    "endpoint_country",
-                    "kind",
-                ],
+                sel, ["rule", "host", "verdict", "reason", "provider", "endpoint_country", "kind"]
             )
             for case_row in conn.execute(
                 select(
                     src.c.rule,
                     src.c.host,
                     src.c.verdict,
-                    src.c.machine,
                     func.sum(src.c["count"]),
                     func.max(src.c.reason),
                     func.max(src.c.provider),
                     func.max(src.c.endpoint_country),
                     func.min(src.c.first_seen),
                     func.max(src.c.last_seen),
-                    src.c.kind == "dns",
-                ).group_by(
-                    src.c.rule, src.c.host, src.c.verdict, src.c.machine, src.c.kind == "dns"
                 )
+                .where(src.c.kind != "dns")
+                .group_by(src.c.rule, src.c.host, src.c.verdict)
             ):
-                *fields, dns = _any(case_row)
-                facets.add_case(*fields, dns=bool(dns))
-        return facets.result(violations, violations_only)
+                facets.add_case(*_any(case_row))
+        return facets.result(violations)
 
     def _advance(self, name: str, now: float, last_violation: int) -> None:
         with self.engine.begin() as conn:

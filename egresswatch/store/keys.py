@@ -15,6 +15,9 @@ _SEP = "\x1f"
 
 HOUR = 3600
 DAY = 86400
+WEEK = 7 * DAY
+# 1970-01-01 was a Thursday: weeks start on the Monday 3 days before the epoch.
+_WEEK_OFFSET = 3 * DAY
 
 DAILY_COLUMNS = (
     "machine",
@@ -44,3 +47,8 @@ def hour_of(ts: float) -> int:
 def day_of(ts: float) -> int:
     """Start of the UTC day holding ``ts``."""
     return int(ts // DAY) * DAY
+
+
+def week_of(ts: float) -> int:
+    """Start of the week (Monday 00:00 UTC) holding ``ts``."""
+    return int((ts + _WEEK_OFFSET) // WEEK) * WEEK - _WEEK_OFFSET

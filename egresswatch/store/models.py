@@ -6,9 +6,10 @@ Three kinds of row, sized for a busy machine kept for months:
   destination (name, address, port), process, verdict and UTC hour, with a count and the first
   and last time seen. A workstation that opens ten thousand connections an hour to the same
   API writes one row, not ten thousand.
-- :class:`DailyRollup` (``daily``): the same counts per UTC day, without the address and port,
-  kept beside the hourly rows so that grouped reports over months read thousands of rows
-  instead of millions. Written in the same transaction as the hourly rows, so the two agree.
+- :class:`DailyRollup` (``daily``) and :class:`WeeklyRollup` (``weekly``): the same counts per
+  UTC day and per week, without the address and port, kept beside the hourly rows so that
+  grouped reports over months read a week's or a day's rows per key instead of an hour's per
+  destination. Written in the same transaction as the hourly rows, so all three agree.
 - :class:`ViolationRecord` (``violations``): every violation individually, with everything
   needed to act on it (time, machine, process, addresses, ports, names, where, which rule, why,
   and the whole observation).
@@ -125,16 +126,13 @@ class ObservationAggregate(_Described, Base):
     )
 
 
-class DailyRollup(Base):
-    """Counts per UTC day and per the report's grouping keys (no address or port)."""
-
-    __tablename__ = "daily"
+class _Rollup:
+    """The columns of a rollup row: the report's grouping keys (no address or port)."""
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    day: Mapped[int] = mapped_column(BigInteger)
-    """Start of the UTC day, seconds since the epoch."""
     key: Mapped[bytes] = mapped_column(LargeBinary(16))
-    """Digest of the columns below: the aggregation key within the day."""
+    """Digest of the columns below (:data:`~egresswatch.store.keys.DAILY_COLUMNS`): the
+    aggregation key within the period, the same in every rollup."""
     machine: Mapped[str] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(8))
     host: Mapped[str | None] = mapped_column(Text)
@@ -150,7 +148,42 @@ class DailyRollup(Base):
     first_seen: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float)
 
-    __table_args__ = (UniqueConstraint("day", "key"),)
+
+class DailyRollup(_Rollup, Base):
+    """Counts per UTC day."""
+
+    __tablename__ = "daily"
+
+    day: Mapped[int] = mapped_column(BigInteger)
+    """Start of the UTC day, seconds since the epoch."""
+
+    __table_args__ = (
+        UniqueConstraint("day", "key"),
+        # Covers the report's per-day facets (timeline, verdicts, countries, rules) and
+        # --by day, so they stream from the index in order instead of sorting the table.
+        Index(
+            "ix_daily_facets",
+            "day",
+            "verdict",
+            "kind",
+            "endpoint_country",
+            "rule",
+            "count",
+            "first_seen",
+            "last_seen",
+        ),
+    )
+
+
+class WeeklyRollup(_Rollup, Base):
+    """Counts per week (Monday 00:00 UTC): what grouped reports over long spans read."""
+
+    __tablename__ = "weekly"
+
+    week: Mapped[int] = mapped_column(BigInteger)
+    """Start of the week, seconds since the epoch."""
+
+    __table_args__ = (UniqueConstraint("week", "key"),)
 
 
 class ViolationRecord(_Described, Base):

@@ -1,9 +1,10 @@
-"""Retention: ``--keep 90d`` and a size bound, both by dropping the oldest whole days.
+"""Retention: ``--keep 90d`` and a size bound, both by dropping the oldest whole weeks.
 
-Whole UTC days go together from every table (hourly rows, daily rollups, violations), so a
-report never sees a day whose rollup and details disagree. ``--keep`` rounds down to the start
-of a day and so keeps at least what it says. The size bound drops the oldest days until the
-rows left fit in 90% of the bound, then gives the free pages back to the file system (SQLite
+Whole weeks (Monday 00:00 UTC) go together from every table (hourly rows, daily and weekly
+rollups, violations), so a report never sees a period whose rollups and details disagree.
+``--keep`` rounds down to the start of a week and so keeps at least what it says (and at most
+six days more). The size bound drops the oldest weeks until the rows left fit in 90% of the
+bound, never the newest week, then gives the free pages back to the file system (SQLite
 ``incremental_vacuum``; PostgreSQL's autovacuum reuses them).
 """
 
@@ -14,8 +15,13 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, func, select, text
 
-from egresswatch.store.keys import DAY, day_of
-from egresswatch.store.models import DailyRollup, ObservationAggregate, ViolationRecord
+from egresswatch.store.keys import week_of
+from egresswatch.store.models import (
+    DailyRollup,
+    ObservationAggregate,
+    ViolationRecord,
+    WeeklyRollup,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _SECONDS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -48,11 +54,12 @@ class PruneResult:
     observations: int
     """Hourly rows deleted."""
     daily: int
-    """Daily rollup rows deleted."""
+    """Daily and weekly rollup rows deleted."""
     violations: int
     """Violation records deleted."""
     before_day: int | None
-    """Everything before this day (seconds since the epoch) is gone; None if nothing was."""
+    """Everything before this day, the start of a week (seconds since the epoch), is gone;
+    None if nothing was."""
     size_before: int
     """Bytes the store used before."""
     size_after: int
@@ -72,37 +79,44 @@ def store_size(conn: Connection) -> int:
         free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
         return int((pages - free) * page_size)
     total = 0
-    for table in ("observations", "daily", "violations", "review_marks"):
+    for table in ("observations", "daily", "weekly", "violations", "review_marks"):
         total += int(
             conn.execute(text("SELECT pg_total_relation_size(:t)"), {"t": table}).scalar_one()
         )
     return total
 
 
-def _delete_before(conn: Connection, day: int) -> tuple[int, int, int]:
-    obs = conn.execute(delete(ObservationAggregate).where(ObservationAggregate.hour < day))
-    daily = conn.execute(delete(DailyRollup).where(DailyRollup.day < day))
-    viol = conn.execute(delete(ViolationRecord).where(ViolationRecord.ts < day))
-    return obs.rowcount, daily.rowcount, viol.rowcount
+def _delete_before(conn: Connection, week: int) -> tuple[int, int, int]:
+    obs = conn.execute(delete(ObservationAggregate).where(ObservationAggregate.hour < week))
+    daily = conn.execute(delete(DailyRollup).where(DailyRollup.day < week))
+    weekly = conn.execute(delete(WeeklyRollup).where(WeeklyRollup.week < week))
+    viol = conn.execute(delete(ViolationRecord).where(ViolationRecord.ts < week))
+    return obs.rowcount, daily.rowcount + weekly.rowcount, viol.rowcount
 
 
 def _cutoff_for_size(conn: Connection, size: int, bound: int) -> int | None:
-    """The first day to keep so that the rows left take about 90% of ``bound``."""
-    hour = ObservationAggregate.hour
-    per_day = conn.execute(
-        select((hour - hour % DAY).label("day"), func.count())
-        .group_by(text("day"))
-        .order_by(text("day"))
-    ).all()
+    """The first week to keep so that the rows left take about 90% of ``bound``."""
+    per_day = [
+        (week_of(day), n)
+        for day, n in conn.execute(
+            select(DailyRollup.day, func.count())
+            .group_by(DailyRollup.day)
+            .order_by(DailyRollup.day)
+        )
+    ]
+    weeks: dict[int, int] = {}
+    for week, n in per_day:
+        weeks[week] = weeks.get(week, 0) + n
+    per_day = sorted(weeks.items())
     total = sum(n for _, n in per_day)
     if not per_day or total == 0:
         return None
-    # Rows (hourly rows dominate the size) that may stay, in proportion to the bytes.
+    # Rows that may stay, in proportion to the bytes (the rollups grow with the hourly rows).
     keep_rows = total * (0.9 * bound) / size
     left = total
-    for day, n in per_day[:-1]:  # never the newest day: an agent must keep recording
+    for week, n in per_day[:-1]:  # never the newest week: an agent must keep recording
         if left <= keep_rows:
-            return int(day)
+            return int(week)
         left -= n
     return int(per_day[-1][0])
 
@@ -117,7 +131,7 @@ def prune(
     with engine.begin() as conn:
         size_before = store_size(conn)
         if keep_seconds is not None:
-            cutoff = day_of(now - keep_seconds)
+            cutoff = week_of(now - keep_seconds)
             for i, n in enumerate(_delete_before(conn, cutoff)):
                 deleted[i] += n
         size = store_size(conn) if keep_seconds is not None else size_before

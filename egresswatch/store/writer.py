@@ -12,7 +12,7 @@ leaves a half-written transaction behind: what was committed is there, whole.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from egresswatch.store.engine import describe
 from egresswatch.store.errors import StoreError
-from egresswatch.store.keys import DAILY_COLUMNS, day_of, digest, hour_of
-from egresswatch.store.models import DailyRollup, ObservationAggregate, ViolationRecord
+from egresswatch.store.keys import DAILY_COLUMNS, day_of, digest, hour_of, week_of
+from egresswatch.store.models import (
+    DailyRollup,
+    ObservationAggregate,
+    ViolationRecord,
+    WeeklyRollup,
+)
 from probes.observation import Observation
 
 MAX_TEXT = 4096
@@ -122,6 +127,40 @@ class _Pending:
     reason: str | None = None
 
 
+_Slot = tuple[int, tuple[Any, ...]]
+
+
+def _roll_up(
+    items: Iterable[tuple[int, tuple[Any, ...], str | None, _Pending]],
+) -> dict[_Slot, _Pending]:
+    """Counts of finer periods summed into coarser ones (same key columns)."""
+    out: dict[_Slot, _Pending] = {}
+    for period, values, reason, pending in items:
+        have = out.get((period, values))
+        if have is None:
+            out[(period, values)] = _Pending(pending.count, pending.first, pending.last, reason)
+        else:
+            have.count += pending.count
+            have.first = min(have.first, pending.first)
+            have.last = max(have.last, pending.last)
+    return out
+
+
+def _rollup_rows(bucket: str, rolled: dict[_Slot, _Pending]) -> list[dict[str, Any]]:
+    return [
+        {
+            bucket: period,
+            "key": digest(values),
+            **dict(zip(DAILY_COLUMNS, values, strict=True)),
+            "reason": p.reason,
+            "count": p.count,
+            "first_seen": p.first,
+            "last_seen": p.last,
+        }
+        for (period, values), p in rolled.items()
+    ]
+
+
 @dataclass(slots=True)
 class WriterStats:
     """What a writer has done so far."""
@@ -197,16 +236,15 @@ class StoreWriter:
         if not self._hourly and not self._violations:
             return
         hourly, violations = self._hourly, self._violations
-        daily: dict[tuple[int, tuple[Any, ...]], _Pending] = {}
-        for (hour, values), pending in hourly.items():
-            slot = (day_of(hour), tuple(values[i] for i in _DAILY_INDEX))
-            have = daily.get(slot)
-            if have is None:
-                daily[slot] = _Pending(pending.count, pending.first, pending.last, values[_REASON])
-            else:
-                have.count += pending.count
-                have.first = min(have.first, pending.first)
-                have.last = max(have.last, pending.last)
+        daily = _roll_up(
+            (
+                (day_of(hour), tuple(values[i] for i in _DAILY_INDEX), values[_REASON], p)
+                for (hour, values), p in hourly.items()
+            )
+        )
+        weekly = _roll_up(
+            ((week_of(day), values, p.reason, p) for (day, values), p in daily.items())
+        )
         hourly_rows = [
             {
                 "hour": hour,
@@ -218,24 +256,15 @@ class StoreWriter:
             }
             for (hour, values), p in hourly.items()
         ]
-        daily_rows = [
-            {
-                "day": day,
-                "key": digest(values),
-                **dict(zip(DAILY_COLUMNS, values, strict=True)),
-                "reason": p.reason,
-                "count": p.count,
-                "first_seen": p.first,
-                "last_seen": p.last,
-            }
-            for (day, values), p in daily.items()
-        ]
+        daily_rows = _rollup_rows("day", daily)
+        weekly_rows = _rollup_rows("week", weekly)
         try:
             with self.engine.begin() as conn:
                 if hourly_rows:
                     conn.execute(self._upsert(ObservationAggregate.__table__, "hour"), hourly_rows)  # type: ignore[arg-type]
                 if daily_rows:
                     conn.execute(self._upsert(DailyRollup.__table__, "day"), daily_rows)  # type: ignore[arg-type]
+                    conn.execute(self._upsert(WeeklyRollup.__table__, "week"), weekly_rows)  # type: ignore[arg-type]
                 if violations:
                     conn.execute(ViolationRecord.__table__.insert(), violations)  # type: ignore[attr-defined]
         except SQLAlchemyError as exc:
@@ -278,7 +307,7 @@ class StoreWriter:
         insert = postgresql.insert if self._postgres else sqlite.insert
         stmt = insert(table)
         new = stmt.excluded
-        latest = {"reason": new.reason} if bucket == "day" else {}
+        latest = {"reason": new.reason} if bucket != "hour" else {}
         return stmt.on_conflict_do_update(
             index_elements=[bucket, "key"],
             set_={

@@ -1,7 +1,7 @@
-"""Daily rollups for fast grouped reports, and review marks for ``--new-since-last``.
+"""Daily and weekly rollups for fast grouped reports, and review marks for ``--new-since-last``.
 
-The rollup is filled from the hourly rows already in the database, so a store written by the
-first schema reports the same numbers after the upgrade.
+The rollups are filled from the hourly rows already in the database, so a store written by
+the first schema reports the same numbers after the upgrade.
 
 Revision ID: 0002
 Revises: 0001
@@ -13,7 +13,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from egresswatch.store.keys import DAILY_COLUMNS, DAY, digest
+from egresswatch.store.keys import DAILY_COLUMNS, DAY, WEEK, digest
+
+WEEK_OFFSET = 3 * DAY
 
 revision = "0002"
 down_revision = "0001"
@@ -24,11 +26,9 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 BATCH = 5000
 
 
-def upgrade() -> None:
-    daily = op.create_table(
-        "daily",
+def _rollup_columns() -> list[sa.Column[object]]:
+    return [
         sa.Column("id", BigId, autoincrement=True, nullable=False),
-        sa.Column("day", sa.BigInteger(), nullable=False),
         sa.Column("key", sa.LargeBinary(length=16), nullable=False),
         sa.Column("machine", sa.String(length=255), nullable=False),
         sa.Column("kind", sa.String(length=8), nullable=False),
@@ -43,8 +43,28 @@ def upgrade() -> None:
         sa.Column("count", sa.BigInteger(), nullable=False),
         sa.Column("first_seen", sa.Float(), nullable=False),
         sa.Column("last_seen", sa.Float(), nullable=False),
+    ]
+
+
+def upgrade() -> None:
+    daily = op.create_table(
+        "daily",
+        *_rollup_columns(),
+        sa.Column("day", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_daily")),
         sa.UniqueConstraint("day", "key", name=op.f("uq_daily_day_key")),
+    )
+    op.create_index(
+        "ix_daily_facets",
+        "daily",
+        ["day", "verdict", "kind", "endpoint_country", "rule", "count", "first_seen", "last_seen"],
+    )
+    op.create_table(
+        "weekly",
+        *_rollup_columns(),
+        sa.Column("week", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_weekly")),
+        sa.UniqueConstraint("week", "key", name=op.f("uq_weekly_week_key")),
     )
     op.create_table(
         "review_marks",
@@ -54,6 +74,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_review_marks")),
     )
     _backfill(daily)
+    # Weekly rows from the daily ones: the key is the same digest in every rollup.
+    columns = ", ".join(("key", *DAILY_COLUMNS))
+    week = f"(day + {WEEK_OFFSET}) / {WEEK} * {WEEK} - {WEEK_OFFSET}"
+    op.execute(
+        f"INSERT INTO weekly (week, {columns}, reason, count, first_seen, last_seen) "  # noqa: S608 - constants only
+        f"SELECT {week}, {columns}, max(reason), sum(count), min(first_seen), max(last_seen) "
+        f"FROM daily GROUP BY {week}, {columns}"
+    )
 
 
 def _backfill(daily: sa.Table | None) -> None:
@@ -100,4 +128,5 @@ def _backfill(daily: sa.Table | None) -> None:
 
 def downgrade() -> None:
     op.drop_table("review_marks")
+    op.drop_table("weekly")
     op.drop_table("daily")
