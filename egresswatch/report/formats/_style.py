@@ -49,7 +49,7 @@ svg g:hover .hit { fill: var(--panel); }
 table { border-collapse: collapse; margin: .25rem 0; }
 th, td {
   padding: .25rem .6rem; border-bottom: 1px solid var(--line); text-align: left;
-  vertical-align: top; max-width: 32rem; overflow-wrap: anywhere; word-break: break-word;
+  vertical-align: top; max-width: 32rem; overflow-wrap: break-word;
 }
 th { background: var(--panel); position: sticky; top: 0; white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
