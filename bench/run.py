@@ -4,7 +4,10 @@
    against `tshark` extracting the same fields (SNI, DNS question and answers) from the same
    file; prints packets/s, wall time, peak memory and what each found.
 2. Memory: replays a capture four times larger and shows that peak memory stays flat.
-3. Live capture CPU under bulk traffic on a veth pair, next to tcpdump with the same filter
+3. Reports on a store of 10 million hourly rows and 100,000 violations (bench/store.py; built
+   once and cached): each grouped report's time, next to the same grouping in plain SQL over
+   the hourly rows.
+4. Live capture CPU under bulk traffic on a veth pair, next to tcpdump with the same filter
    (needs root and network namespaces; skipped with a reason otherwise).
 """
 
@@ -175,6 +178,8 @@ def main() -> None:
     enrich_bench()
     print("\n== register host matching (suffix trie) ==")
     subprocess.run([sys.executable, str(REPO / "tests" / "geo" / "bench_hosts.py")], check=False)
+    print("\n== reports on a 10M-row store: egresswatch report vs plain SQL on the hourly rows ==")
+    subprocess.run([sys.executable, str(REPO / "bench" / "store.py")], check=False)
     if args.skip_live:
         return
     print("\n== live capture CPU under bulk traffic, egresswatch vs tcpdump (same BPF filter) ==")

@@ -19,6 +19,7 @@ import argparse
 import io
 import random
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -324,6 +325,13 @@ def main() -> None:
         ref = "-" if args.no_reference or not expr else f"{_reference(raw, expr, spec):.2f} s"
         print(f"  {label:48} {took:>10.3f} s {ref:>26}  {len(report.rows):,}")
     print(f"  slowest grouped report: {worst:.3f} s ({'under' if worst < 1 else 'OVER'} 1 s)")
+    for argv in (["--by", "host"], ["--by", "rule", "--format", "json"], ["--by", "day"]):
+        cmd = [sys.executable, "-m", "egresswatch", "report", "--db", str(path), *argv]
+        started = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, check=False, cwd=REPO)
+        took = time.perf_counter() - started
+        status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
+        print(f"  whole command: egresswatch report {' '.join(argv):32} {took:.3f} s ({status})")
     started = time.perf_counter()
     report = query.build(Filters(verdicts=("violation",)), limit=100, now=END)
     print(

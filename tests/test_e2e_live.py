@@ -37,6 +37,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -235,6 +236,7 @@ class Session:
     live: list[dict[str, Any]]
     replay: list[dict[str, Any]]
     pcap: Path
+    db: Path
     run_counters: dict[str, Any]
     tcpdump_log: str
     ran: dict[str, str] = field(default_factory=dict)
@@ -377,7 +379,8 @@ def _run_session(lab: Lab, name: str) -> Session:
     run, run_log = _start_logged(
         lab, folder, "egresswatch-run",
         [*_egresswatch(), "run", "--interface", client.ifname, "--format", "jsonl",
-         "--duration", str(RUN_LIMIT), "--stats"],
+         "--duration", str(RUN_LIMIT), "--stats", "--db", str(folder / "live.db"),
+         "--machine", "lab-client"],
         "capturing on", stdout=live_path,
     )  # fmt: skip
     ran: dict[str, str] = {}
@@ -422,6 +425,7 @@ def _run_session(lab: Lab, name: str) -> Session:
         live=_jsonl(live_path.read_text()),
         replay=_jsonl(replay.stdout.decode()),
         pcap=pcap,
+        db=folder / "live.db",
         run_counters=counters,
         tcpdump_log=tcpdump_log.read_text(errors="replace"),
         ran=ran,
@@ -895,6 +899,26 @@ def test_replay_of_tcpdump_capture_finds_the_same(
 def test_live_capture_lost_nothing(request: pytest.FixtureRequest, scenario: str) -> None:
     """``egresswatch run`` dropped no frame and met no ClientHello it could not read."""
     check_counters(_session(request, scenario))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_run_stored_what_it_printed(request: pytest.FixtureRequest, scenario: str) -> None:
+    """``egresswatch run --db`` kept every observation it printed: the stored counts per
+    kind and name equal the printed lines, and all carry the machine name."""
+    session = _session(request, scenario)
+    printed: dict[tuple[str, str], int] = {}
+    for obs in session.live:
+        name = obs["host"] if obs.get("host") else obs.get("sni") or obs.get("qname")
+        key = (obs["kind"], name or "")
+        printed[key] = printed.get(key, 0) + 1
+    with sqlite3.connect(f"file:{session.db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT kind, coalesce(host, ''), sum(count), group_concat(DISTINCT machine) "
+            "FROM observations GROUP BY kind, coalesce(host, '')"
+        ).fetchall()
+    stored = {(kind, host): int(n) for kind, host, n, _ in rows}
+    assert stored == printed
+    assert {machine for *_, machine in rows} == {"lab-client"}
 
 
 @pytest.mark.tshark

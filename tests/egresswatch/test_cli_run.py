@@ -38,6 +38,8 @@ def test_stop_reads_frames_still_queued_in_the_socket(tmp_path: Path) -> None:
             "--duration",
             "120",
             "--stats",
+            "--db",
+            str(tmp_path / "store.db"),
             stdout=out,
             stderr=err,
         )
