@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from egresswatch.report.query import Filters, ReportQuery  # noqa: E402
 from egresswatch.store.engine import open_engine  # noqa: E402
 from egresswatch.store.keys import DAILY_COLUMNS, DAY, HOUR, digest, week_of  # noqa: E402
+from egresswatch.store.rollups import rebuild_daily_facets, rebuild_totals  # noqa: E402
 from egresswatch.store.writer import AGGREGATE_COLUMNS  # noqa: E402
 from geo.register import load_register  # noqa: E402
 
@@ -232,6 +233,12 @@ def build_store(path: Path) -> None:
     rows.sort(key=lambda r: r[vcols.index("ts")])
     db.executemany(vsql, rows)
     db.commit()
+    db.close()
+    with open_engine(tmp).begin() as conn:
+        # The store's own functions, as retention uses them.
+        rebuild_totals(conn)
+        rebuild_daily_facets(conn)
+    db = sqlite3.connect(tmp)
     db.execute("ANALYZE")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
@@ -299,16 +306,19 @@ def main() -> None:
     raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     counts = {
         t: raw.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-        for t in ("observations", "daily", "weekly", "violations")
+        for t in ("observations", "daily", "weekly", "totals", "daily_facets", "violations")
     }
     total_h = raw.execute("SELECT sum(count) FROM observations").fetchone()[0]
     total_d = raw.execute("SELECT sum(count) FROM daily").fetchone()[0]
     total_w = raw.execute("SELECT sum(count) FROM weekly").fetchone()[0]
+    total_t = raw.execute("SELECT sum(count) FROM totals").fetchone()[0]
+    total_f = raw.execute("SELECT sum(count) FROM daily_facets").fetchone()[0]
     print(
         f"  store: {counts['observations']:,} hourly rows, {counts['daily']:,} daily and "
-        f"{counts['weekly']:,} weekly rollup rows, {counts['violations']:,} violations; "
+        f"{counts['weekly']:,} weekly rollup rows, {counts['totals']:,} totals, "
+        f"{counts['daily_facets']:,} daily facets, {counts['violations']:,} violations; "
         f"{path.stat().st_size / 1e9:.2f} GB; "
-        f"counts agree: {total_h == total_d == total_w} ({total_h:,})"
+        f"counts agree: {total_h == total_d == total_w == total_t == total_f} ({total_h:,})"
     )
     engine = open_engine(path)
     query = ReportQuery(engine)

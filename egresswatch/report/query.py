@@ -36,11 +36,13 @@ from sqlalchemy import (
 from egresswatch.policy import compile_host_glob
 from egresswatch.report.interface import Case, Report, ReportKind, Summary, Value
 from egresswatch.store.engine import describe
-from egresswatch.store.keys import DAY, HOUR, WEEK, day_of, hour_of, week_of
+from egresswatch.store.keys import DAY, FACET_COLUMNS, HOUR, WEEK, day_of, hour_of, week_of
 from egresswatch.store.models import (
+    DailyFacets,
     DailyRollup,
     ObservationAggregate,
     ReviewMark,
+    TotalRollup,
     ViolationRecord,
     WeeklyRollup,
 )
@@ -223,6 +225,12 @@ def _count_source(sel: _Selection, columns: Sequence[str]) -> Any:
     f = sel.filters
     start = None if f.since is None else int(f.since // HOUR) * HOUR
     end = f.until
+    # The fleet-wide daily facets hold no names, machines or processes: usable when the query
+    # needs none of them.
+    facetable = set(columns) <= {"day", *FACET_COLUMNS} and not (
+        f.hosts or f.processes or f.machines
+    )
+    day_table: Any = DailyFacets if facetable else DailyRollup
 
     def project(table: Any, day_expr: Any) -> Select[Any]:
         cols = [
@@ -242,9 +250,11 @@ def _count_source(sel: _Selection, columns: Sequence[str]) -> Any:
             if c is not None
         ]
 
+    if start is None and end is None and "day" not in columns:
+        return project(TotalRollup, None).subquery()
     hour = ObservationAggregate.hour
     hourly = project(ObservationAggregate, hour - hour % DAY)
-    daily = project(DailyRollup, DailyRollup.day)
+    daily = project(day_table, day_table.day)
     weekly = None if "day" in columns else project(WeeklyRollup, None)
     parts: list[Select[Any]] = []
     d0 = None if start is None else _ceil(start, DAY, day_of)
@@ -259,12 +269,12 @@ def _count_source(sel: _Selection, columns: Sequence[str]) -> Any:
     w0 = None if d0 is None else _ceil(d0, WEEK, week_of)
     w1 = None if d1 is None else week_of(d1)
     if weekly is None or (w0 is not None and w1 is not None and w0 >= w1):
-        parts.append(daily.where(*span(DailyRollup.day, d0, d1)))
+        parts.append(daily.where(*span(day_table.day, d0, d1)))
     else:
         if d0 is not None and w0 is not None and d0 < w0:
-            parts.append(daily.where(*span(DailyRollup.day, d0, w0)))
+            parts.append(daily.where(*span(day_table.day, d0, w0)))
         if d1 is not None and w1 is not None and w1 < d1:
-            parts.append(daily.where(*span(DailyRollup.day, w1, d1)))
+            parts.append(daily.where(*span(day_table.day, w1, d1)))
         parts.append(weekly.where(*span(WeeklyRollup.week, w0, w1)))
     if len(parts) == 1:
         return parts[0].subquery()
@@ -538,7 +548,9 @@ class ReportQuery:
         self, conn: Connection, sel: _Selection, by: str
     ) -> tuple[tuple[str, ...], list[dict[str, Value]]]:
         column = "endpoint_country" if by == "country" else by
-        needed = list(dict.fromkeys(["verdict", "kind", column, "host"]))
+        # Distinct names per day would need the per-machine rollups; a day's row counts only.
+        with_hosts = by not in ("host", "day")
+        needed = list(dict.fromkeys(["verdict", "kind", column, *(["host"] if with_hosts else [])]))
         src = _count_source(sel, needed)
         key = src.c[column]
         conns = src.c.kind != "dns"
@@ -546,7 +558,7 @@ class ReportQuery:
             func.sum(case((and_(conns, src.c.verdict == v), src.c["count"]), else_=0)).label(v)
             for v in VERDICTS
         ]
-        extra = [] if by == "host" else [func.count(distinct(src.c.host)).label("hosts")]
+        extra = [func.count(distinct(src.c.host)).label("hosts")] if with_hosts else []
         connections = func.sum(case((conns, src.c["count"]), else_=0))
         query = (
             select(
@@ -566,7 +578,7 @@ class ReportQuery:
             "connections",
             "dns",
             *VERDICTS,
-            *(() if by == "host" else ("hosts",)),
+            *(("hosts",) if with_hosts else ()),
             "first_seen",
             "last_seen",
         )
@@ -578,7 +590,7 @@ class ReportQuery:
             row["dns"] = int(m["dns"])
             for v in VERDICTS:
                 row[v] = int(m[v])
-            if by != "host":
+            if with_hosts:
                 row["hosts"] = int(m["hosts"])
             row["first_seen"] = _ts(m["first_seen"])
             row["last_seen"] = _ts(m["last_seen"])

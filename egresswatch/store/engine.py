@@ -16,10 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
@@ -27,6 +23,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from egresswatch.store.errors import StoreError, StoreVersionError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SCHEMA_REVISIONS = ("0001", "0002")
+"""Every schema revision, oldest first; the last is the one this version writes. Kept here so
+that opening a current store does not load Alembic (a test checks it against the scripts)."""
 
 # Pragmas for every SQLite connection. WAL lets reports read while the agent writes, and with
 # synchronous=NORMAL a commit survives the process being killed (only a power cut can lose the
@@ -102,7 +101,9 @@ def make_engine(url: URL) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _alembic_config(connection: Connection) -> Any:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -110,13 +111,26 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 def schema_heads() -> tuple[str, ...]:
-    """The schema revisions this egresswatch writes."""
+    """The head revisions of the migration scripts (loads Alembic)."""
+    from alembic.script import ScriptDirectory
+
     return tuple(ScriptDirectory(str(MIGRATIONS)).get_heads())
+
+
+def schema_revisions() -> tuple[str, ...]:
+    """Every revision of the migration scripts, oldest first (loads Alembic)."""
+    from alembic.script import ScriptDirectory
+
+    walk = ScriptDirectory(str(MIGRATIONS)).walk_revisions()
+    return tuple(reversed([script.revision for script in walk]))
 
 
 def current_revision(connection: Connection) -> str | None:
     """The database's schema revision, None when it has none."""
-    return MigrationContext.configure(connection).get_current_revision()
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    found = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return found[0] if found else None
 
 
 @contextlib.contextmanager
@@ -146,11 +160,15 @@ def migrate(engine: Engine, *, notify: Callable[[str], None] | None = None) -> s
     Raises :class:`StoreVersionError` for a database written by a newer egresswatch, and
     :class:`StoreError` for one that is not an egresswatch database at all.
     """
-    heads = schema_heads()
-    script = ScriptDirectory(str(MIGRATIONS))
+    head = SCHEMA_REVISIONS[-1]
+    with engine.connect() as conn:
+        if current_revision(conn) == head:
+            return head  # the usual case, without a lock or Alembic
+    from alembic import command
+
     with _migration_lock(engine), engine.begin() as conn:
         before = current_revision(conn)
-        if before in heads:
+        if before == head:
             return before
         if before is None:
             tables = set(inspect(conn).get_table_names())
@@ -161,18 +179,15 @@ def migrate(engine: Engine, *, notify: Callable[[str], None] | None = None) -> s
                     f"{shown} but no schema revision); give --db a new file or database"
                 )
                 raise StoreError(msg)
-        else:
-            try:
-                script.get_revision(before)
-            except Exception as exc:  # alembic raises several kinds for an unknown id
-                msg = (
-                    f"{describe(engine.url)} was written by a newer egresswatch (schema "
-                    f"revision {before!r}; this version knows up to {heads[-1]!r}): upgrade "
-                    f"egresswatch to read it, or use another --db"
-                )
-                raise StoreVersionError(msg) from exc
-            if notify is not None:
-                notify(f"migrating {describe(engine.url)} from schema {before} to {heads[-1]}")
+        elif before not in SCHEMA_REVISIONS:
+            msg = (
+                f"{describe(engine.url)} was written by a newer egresswatch (schema "
+                f"revision {before!r}; this version knows up to {head!r}): upgrade "
+                "egresswatch to read it, or use another --db"
+            )
+            raise StoreVersionError(msg)
+        elif notify is not None:
+            notify(f"migrating {describe(engine.url)} from schema {before} to {head}")
         command.upgrade(_alembic_config(conn), "head")
         return before or "new"
 

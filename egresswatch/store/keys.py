@@ -30,7 +30,10 @@ DAILY_COLUMNS = (
     "rule",
     "process",
 )
-"""The columns of a daily rollup row, in key order."""
+"""The columns of a rollup row (daily, weekly, totals), in key order."""
+
+FACET_COLUMNS = ("verdict", "kind", "endpoint_country", "rule", "provider")
+"""The columns of a daily facets row, in key order."""
 
 
 def digest(values: Sequence[object]) -> bytes:

@@ -157,22 +157,7 @@ class DailyRollup(_Rollup, Base):
     day: Mapped[int] = mapped_column(BigInteger)
     """Start of the UTC day, seconds since the epoch."""
 
-    __table_args__ = (
-        UniqueConstraint("day", "key"),
-        # Covers the report's per-day facets (timeline, verdicts, countries, rules) and
-        # --by day, so they stream from the index in order instead of sorting the table.
-        Index(
-            "ix_daily_facets",
-            "day",
-            "verdict",
-            "kind",
-            "endpoint_country",
-            "rule",
-            "count",
-            "first_seen",
-            "last_seen",
-        ),
-    )
+    __table_args__ = (UniqueConstraint("day", "key"),)
 
 
 class WeeklyRollup(_Rollup, Base):
@@ -184,6 +169,38 @@ class WeeklyRollup(_Rollup, Base):
     """Start of the week, seconds since the epoch."""
 
     __table_args__ = (UniqueConstraint("week", "key"),)
+
+
+class TotalRollup(_Rollup, Base):
+    """Counts over the whole store (what is kept): grouped reports with no time filter read
+    one row per key. Rebuilt from the weekly rollups when retention deletes weeks."""
+
+    __tablename__ = "totals"
+
+    __table_args__ = (UniqueConstraint("key"),)
+
+
+class DailyFacets(Base):
+    """Counts per UTC day for the parts of a report beside its rows (the timeline, verdicts,
+    countries, rules) and for ``--by day``: fleet-wide, without names, machines or processes,
+    so a few hundred rows a day whatever the fleet's size."""
+
+    __tablename__ = "daily_facets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    day: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[bytes] = mapped_column(LargeBinary(16))
+    """Digest of :data:`~egresswatch.store.keys.FACET_COLUMNS`."""
+    verdict: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(8))
+    endpoint_country: Mapped[str | None] = mapped_column(String(8))
+    rule: Mapped[str | None] = mapped_column(String(255))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(BigInteger)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("day", "key"),)
 
 
 class ViolationRecord(_Described, Base):

@@ -17,11 +17,13 @@ from sqlalchemy import Connection, Engine, delete, func, select, text
 
 from egresswatch.store.keys import week_of
 from egresswatch.store.models import (
+    DailyFacets,
     DailyRollup,
     ObservationAggregate,
     ViolationRecord,
     WeeklyRollup,
 )
+from egresswatch.store.rollups import rebuild_totals
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _SECONDS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -79,7 +81,15 @@ def store_size(conn: Connection) -> int:
         free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
         return int((pages - free) * page_size)
     total = 0
-    for table in ("observations", "daily", "weekly", "violations", "review_marks"):
+    for table in (
+        "observations",
+        "daily",
+        "weekly",
+        "totals",
+        "daily_facets",
+        "violations",
+        "review_marks",
+    ):
         total += int(
             conn.execute(text("SELECT pg_total_relation_size(:t)"), {"t": table}).scalar_one()
         )
@@ -90,7 +100,10 @@ def _delete_before(conn: Connection, week: int) -> tuple[int, int, int]:
     obs = conn.execute(delete(ObservationAggregate).where(ObservationAggregate.hour < week))
     daily = conn.execute(delete(DailyRollup).where(DailyRollup.day < week))
     weekly = conn.execute(delete(WeeklyRollup).where(WeeklyRollup.week < week))
+    conn.execute(delete(DailyFacets).where(DailyFacets.day < week))
     viol = conn.execute(delete(ViolationRecord).where(ViolationRecord.ts < week))
+    if weekly.rowcount:
+        rebuild_totals(conn)
     return obs.rowcount, daily.rowcount + weekly.rowcount, viol.rowcount
 
 

@@ -22,10 +22,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from egresswatch.store.engine import describe
 from egresswatch.store.errors import StoreError
-from egresswatch.store.keys import DAILY_COLUMNS, day_of, digest, hour_of, week_of
+from egresswatch.store.keys import (
+    DAILY_COLUMNS,
+    FACET_COLUMNS,
+    day_of,
+    digest,
+    hour_of,
+    week_of,
+)
 from egresswatch.store.models import (
+    DailyFacets,
     DailyRollup,
     ObservationAggregate,
+    TotalRollup,
     ViolationRecord,
     WeeklyRollup,
 )
@@ -61,6 +70,7 @@ AGGREGATE_COLUMNS = (
 
 _DAILY_INDEX = tuple(AGGREGATE_COLUMNS.index(name) for name in DAILY_COLUMNS)
 _REASON = AGGREGATE_COLUMNS.index("reason")
+_FACET_INDEX = tuple(DAILY_COLUMNS.index(name) for name in FACET_COLUMNS)
 
 
 def clean_text(value: str | None, limit: int = MAX_TEXT) -> str | None:
@@ -146,19 +156,24 @@ def _roll_up(
     return out
 
 
-def _rollup_rows(bucket: str, rolled: dict[_Slot, _Pending]) -> list[dict[str, Any]]:
-    return [
-        {
-            bucket: period,
+def _rollup_rows(
+    bucket: str | None, rolled: dict[_Slot, _Pending], columns: tuple[str, ...] = DAILY_COLUMNS
+) -> list[dict[str, Any]]:
+    rows = []
+    for (period, values), p in rolled.items():
+        row = {
             "key": digest(values),
-            **dict(zip(DAILY_COLUMNS, values, strict=True)),
-            "reason": p.reason,
+            **dict(zip(columns, values, strict=True)),
             "count": p.count,
             "first_seen": p.first,
             "last_seen": p.last,
         }
-        for (period, values), p in rolled.items()
-    ]
+        if bucket is not None:
+            row[bucket] = period
+        if columns is DAILY_COLUMNS:
+            row["reason"] = p.reason
+        rows.append(row)
+    return rows
 
 
 @dataclass(slots=True)
@@ -245,6 +260,13 @@ class StoreWriter:
         weekly = _roll_up(
             ((week_of(day), values, p.reason, p) for (day, values), p in daily.items())
         )
+        totals = _roll_up(((0, values, p.reason, p) for (_, values), p in weekly.items()))
+        facets = _roll_up(
+            (
+                (day, tuple(values[i] for i in _FACET_INDEX), None, p)
+                for (day, values), p in daily.items()
+            )
+        )
         hourly_rows = [
             {
                 "hour": hour,
@@ -258,6 +280,8 @@ class StoreWriter:
         ]
         daily_rows = _rollup_rows("day", daily)
         weekly_rows = _rollup_rows("week", weekly)
+        total_rows = _rollup_rows(None, totals)
+        facet_rows = _rollup_rows("day", facets, FACET_COLUMNS)
         try:
             with self.engine.begin() as conn:
                 if hourly_rows:
@@ -265,6 +289,8 @@ class StoreWriter:
                 if daily_rows:
                     conn.execute(self._upsert(DailyRollup.__table__, "day"), daily_rows)  # type: ignore[arg-type]
                     conn.execute(self._upsert(WeeklyRollup.__table__, "week"), weekly_rows)  # type: ignore[arg-type]
+                    conn.execute(self._upsert(TotalRollup.__table__, None), total_rows)  # type: ignore[arg-type]
+                    conn.execute(self._upsert(DailyFacets.__table__, "day"), facet_rows)  # type: ignore[arg-type]
                 if violations:
                     conn.execute(ViolationRecord.__table__.insert(), violations)  # type: ignore[attr-defined]
         except SQLAlchemyError as exc:
@@ -302,14 +328,14 @@ class StoreWriter:
             "detail": _jsonable(obs.to_dict()),
         }
 
-    def _upsert(self, table: Table, bucket: str) -> Any:
+    def _upsert(self, table: Table, bucket: str | None) -> Any:
         """INSERT ... ON CONFLICT (bucket, key) DO UPDATE adding counts, widening the span."""
         insert = postgresql.insert if self._postgres else sqlite.insert
         stmt = insert(table)
         new = stmt.excluded
-        latest = {"reason": new.reason} if bucket != "hour" else {}
+        latest = {"reason": new.reason} if "reason" in table.c and bucket != "hour" else {}
         return stmt.on_conflict_do_update(
-            index_elements=[bucket, "key"],
+            index_elements=[bucket, "key"] if bucket else ["key"],
             set_={
                 **latest,
                 "count": table.c.count + new.count,

@@ -1,4 +1,4 @@
-"""Daily and weekly rollups for fast grouped reports, and review marks for ``--new-since-last``.
+"""Rollups (daily, weekly, total), daily facets, and review marks for ``--new-since-last``.
 
 The rollups are filled from the hourly rows already in the database, so a store written by
 the first schema reports the same numbers after the upgrade.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from egresswatch.store.keys import DAILY_COLUMNS, DAY, WEEK, digest
+from egresswatch.store.keys import DAILY_COLUMNS, DAY, FACET_COLUMNS, WEEK, digest
 
 WEEK_OFFSET = 3 * DAY
 
@@ -54,17 +54,34 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_daily")),
         sa.UniqueConstraint("day", "key", name=op.f("uq_daily_day_key")),
     )
-    op.create_index(
-        "ix_daily_facets",
-        "daily",
-        ["day", "verdict", "kind", "endpoint_country", "rule", "count", "first_seen", "last_seen"],
-    )
     op.create_table(
         "weekly",
         *_rollup_columns(),
         sa.Column("week", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_weekly")),
         sa.UniqueConstraint("week", "key", name=op.f("uq_weekly_week_key")),
+    )
+    op.create_table(
+        "totals",
+        *_rollup_columns(),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_totals")),
+        sa.UniqueConstraint("key", name=op.f("uq_totals_key")),
+    )
+    facets = op.create_table(
+        "daily_facets",
+        sa.Column("id", BigId, autoincrement=True, nullable=False),
+        sa.Column("day", sa.BigInteger(), nullable=False),
+        sa.Column("key", sa.LargeBinary(length=16), nullable=False),
+        sa.Column("verdict", sa.String(length=16), nullable=False),
+        sa.Column("kind", sa.String(length=8), nullable=False),
+        sa.Column("endpoint_country", sa.String(length=8), nullable=True),
+        sa.Column("rule", sa.String(length=255), nullable=True),
+        sa.Column("provider", sa.String(length=64), nullable=True),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("first_seen", sa.Float(), nullable=False),
+        sa.Column("last_seen", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_daily_facets")),
+        sa.UniqueConstraint("day", "key", name=op.f("uq_daily_facets_day_key")),
     )
     op.create_table(
         "review_marks",
@@ -74,7 +91,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_review_marks")),
     )
     _backfill(daily)
-    # Weekly rows from the daily ones: the key is the same digest in every rollup.
+    _backfill_facets(facets)
+    # Weekly rows from the daily ones, totals from the weekly ones: the key is the same digest
+    # in every rollup.
     columns = ", ".join(("key", *DAILY_COLUMNS))
     week = f"(day + {WEEK_OFFSET}) / {WEEK} * {WEEK} - {WEEK_OFFSET}"
     op.execute(
@@ -82,6 +101,45 @@ def upgrade() -> None:
         f"SELECT {week}, {columns}, max(reason), sum(count), min(first_seen), max(last_seen) "
         f"FROM daily GROUP BY {week}, {columns}"
     )
+    op.execute(
+        f"INSERT INTO totals ({columns}, reason, count, first_seen, last_seen) "  # noqa: S608 - constants only
+        f"SELECT {columns}, max(reason), sum(count), min(first_seen), max(last_seen) "
+        f"FROM weekly GROUP BY {columns}"
+    )
+
+
+def _backfill_facets(facets: sa.Table | None) -> None:
+    assert facets is not None
+    daily = sa.table(
+        "daily",
+        *(sa.column(c) for c in ("day", "count", "first_seen", "last_seen", *FACET_COLUMNS)),
+    )
+    keys = [daily.c[name] for name in FACET_COLUMNS]
+    query = sa.select(
+        daily.c.day,
+        *keys,
+        sa.func.sum(daily.c.count),
+        sa.func.min(daily.c.first_seen),
+        sa.func.max(daily.c.last_seen),
+    ).group_by(daily.c.day, *keys)
+    bind = op.get_bind()
+    rows = []
+    for day, *values, count, first, last in bind.execute(query):
+        rows.append(
+            {
+                "day": day,
+                "key": digest(values),
+                **dict(zip(FACET_COLUMNS, values, strict=True)),
+                "count": count,
+                "first_seen": first,
+                "last_seen": last,
+            }
+        )
+        if len(rows) >= BATCH:
+            bind.execute(facets.insert(), rows)
+            rows = []
+    if rows:
+        bind.execute(facets.insert(), rows)
 
 
 def _backfill(daily: sa.Table | None) -> None:
@@ -128,5 +186,7 @@ def _backfill(daily: sa.Table | None) -> None:
 
 def downgrade() -> None:
     op.drop_table("review_marks")
+    op.drop_table("daily_facets")
+    op.drop_table("totals")
     op.drop_table("weekly")
     op.drop_table("daily")
