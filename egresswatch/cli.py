@@ -16,19 +16,18 @@ from typing import IO, TYPE_CHECKING, NoReturn, TypeVar
 import click
 
 from egresswatch import __version__, paths
-from egresswatch.enrichment import EnrichingWriter, ObservationEnricher, OwnEndpoints
 from egresswatch.errors import EXIT_INPUT, EXIT_OK, EXIT_VIOLATION, EgressWatchError
-from egresswatch.output import JsonlWriter, ObservationWriter, TableWriter, Tee, safe_text
-from geo.destination import Destination
-from geo.enrich import Enricher
-from probes.errors import CaptureError, ProbeError
-from probes.observation import Observation
-from probes.sensor import Sensor
 
+# The packet and knowledge layers load only in the commands that use them, so that `report`
+# and the informational commands start quickly.
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from egresswatch.output import ObservationWriter
     from egresswatch.store.writer import StoreWriter
+    from geo.destination import Destination
+    from probes.observation import Observation
+    from probes.sensor import Sensor
 
 FC = TypeVar("FC", bound=Callable[..., object])
 
@@ -48,6 +47,8 @@ class OutputFormat(enum.StrEnum):
 
 
 def _writer(fmt: OutputFormat, stream: IO[str]) -> ObservationWriter:
+    from egresswatch.output import JsonlWriter, TableWriter
+
     if fmt is OutputFormat.JSONL:
         return JsonlWriter(stream)
     return TableWriter(stream, color=stream.isatty())
@@ -185,8 +186,13 @@ def replay(
     Streams: observations are written as they complete and memory stays flat however large
     the files. Exit 3 when a file cannot be read (after writing what it held before the damage).
     """
+    from egresswatch.enrichment import EnrichingWriter, ObservationEnricher, OwnEndpoints
+    from egresswatch.output import Tee
     from egresswatch.policy import load_policy
+    from geo.enrich import Enricher
     from probes.capfile import open_capture
+    from probes.errors import CaptureError
+    from probes.sensor import Sensor
 
     if fail_on_violation and policy_file is None:
         msg = "--fail-on-violation needs --policy"
@@ -335,8 +341,13 @@ def run(
     A kernel BPF filter passes only handshakes, DNS and what reassembly needs, so bulk
     transfers never reach Python. Stops on Ctrl-C or SIGTERM and prints its counters.
     """
+    from egresswatch.enrichment import EnrichingWriter, ObservationEnricher, OwnEndpoints
+    from egresswatch.output import Tee
     from egresswatch.policy import load_policy
+    from geo.enrich import Enricher
+    from probes.errors import CaptureError, ProbeError
     from probes.live import LiveCapture
+    from probes.sensor import Sensor
 
     # A bad policy is refused before the capture opens (exit 2, file and line).
     judged = load_policy(policy_file) if policy_file is not None else None
@@ -562,6 +573,7 @@ def geo_lookup(target: str, fmt: str, geo_dir: Path | None, rdap: bool) -> None:
     import ipaddress
 
     from egresswatch.render_info import destination_table
+    from geo.enrich import Enricher
 
     folder = paths.geo_dir(geo_dir)
     enricher = Enricher.from_geo_dir(folder)
@@ -689,7 +701,9 @@ def policy_explain(
     """Show step by step how FILE would judge a connection to NAME or IP."""
     import ipaddress
 
+    from egresswatch.output import safe_text
     from egresswatch.policy import evaluate, load_policy
+    from geo.enrich import Enricher
 
     loaded = load_policy(file)
     try:

@@ -14,9 +14,8 @@ import io
 import os
 from typing import IO
 
-from rich import box
+from rich.cells import cell_len
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from egresswatch.report.formats import _layout
@@ -27,6 +26,8 @@ _UNWRAPPED = 4096
 """Console width without a terminal: wider than any table of capped cells."""
 _HEADER_CAP = 200
 _STYLES = {"violation": "bold red", "warn": "yellow"}
+_GAP = "   "
+_RULE = "─"
 _COUNT_STYLES = {"violation": "red", "violations": "red", "warn": "yellow"}
 
 
@@ -57,7 +58,8 @@ class TableRenderer(Renderer):
             console.print(line)
         console.print()
         if report.rows:
-            console.print(self._table(report))
+            for row in self._table(report):
+                console.print(row)
         else:
             console.print(Text("nothing matched", style="dim"))
         note = _layout.truncated_text(report)
@@ -88,21 +90,36 @@ class TableRenderer(Renderer):
             lines.append(line)
         return lines
 
-    def _table(self, report: Report) -> Table:
+    def _table(self, report: Report) -> list[Text]:
+        """The rows as aligned lines. Laid out here rather than by rich's Table, which
+        measures and wraps every cell and takes most of a second for a thousand rows; cells
+        are capped and never wrap, so plain padding is all a table of them needs."""
         cols = _layout.columns(report)
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold", show_edge=False, pad_edge=False)
         numeric = [any(c.numeric(row) for row in report.rows) for c in cols]
-        for col, is_number in zip(cols, numeric, strict=True):
-            table.add_column(
-                Text(inert(col.header, 40)),
-                justify="right" if is_number else "left",
-                overflow="fold",
-            )
-        for row in report.rows:
-            table.add_row(*(self._cell(col, row) for col in cols))
-        return table
+        header = [inert(col.header, 40) for col in cols]
+        cells = [[self._cell(col, row) for col in cols] for row in report.rows]
+        widths = [
+            max([cell_len(header[i]), *(cell_len(line[i][0]) for line in cells)])
+            for i in range(len(cols))
+        ]
 
-    def _cell(self, col: _layout.Column, row: dict[str, Value]) -> Text:
+        def line(parts: list[tuple[str, str]]) -> Text:
+            out = Text()
+            for i, ((text, style), width) in enumerate(zip(parts, widths, strict=True)):
+                pad = " " * (width - cell_len(text))
+                if i:
+                    out.append(_GAP)
+                if numeric[i]:
+                    out.append(pad)
+                out.append(text, style=style)
+                if not numeric[i]:
+                    out.append(pad)
+            return out
+
+        rule = Text(_RULE * (sum(widths) + len(_GAP) * (len(widths) - 1)), style="dim")
+        return [line([(h, "bold") for h in header]), rule, *(line(c) for c in cells)]
+
+    def _cell(self, col: _layout.Column, row: dict[str, Value]) -> tuple[str, str]:
         text = inert(col.text(row), col.cap)
         style = ""
         if self._color:
@@ -110,7 +127,7 @@ class TableRenderer(Renderer):
                 style = _STYLES.get(text, "")
             elif col.name in _COUNT_STYLES and col.numeric(row) and col.value(row):
                 style = _COUNT_STYLES[col.name]
-        return Text(text, style=style)
+        return text, style
 
 
 def _labelled(label: str, value: str) -> Text:
