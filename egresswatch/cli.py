@@ -875,14 +875,23 @@ def report(
     if limit is None and form in (ReportFormat.TABLE, ReportFormat.MARKDOWN, ReportFormat.HTML):
         limit = 5000
     engine = _open_existing(db)
-    built = ReportQuery(engine).build(
-        filters,
-        by=by,
-        limit=limit,
-        now=now,
-        advance_mark=not peek,
-        with_cases=form in (ReportFormat.JSON, ReportFormat.HTML, ReportFormat.JUNIT),
-    )
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from egresswatch.store import StoreError, describe
+
+    try:
+        built = ReportQuery(engine).build(
+            filters,
+            by=by,
+            limit=limit,
+            now=now,
+            advance_mark=not peek,
+            with_cases=form in (ReportFormat.JSON, ReportFormat.HTML, ReportFormat.JUNIT),
+        )
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        msg = f"cannot read {describe(engine.url)}: {first}"
+        raise StoreError(msg) from exc
     if output is not None:
         with open(output, "w", encoding="utf-8", newline="") as stream:
             renderer(form, color=False).render(built, stream)

@@ -333,6 +333,16 @@ def _split(value: str | None) -> list[str]:
     return value.split(",") if value else []
 
 
+_Rows = Callable[[list[tuple[Any, ...]]], tuple[tuple[str, ...], list[dict[str, Value]]]]
+_FacetParts = tuple[
+    Summary,
+    list[tuple[str, int, int]],
+    list[tuple[str | None, int, int]],
+    list[tuple[str, int]],
+    list[Case],
+]
+
+
 def _any(row: Any) -> tuple[Any, ...]:
     """A result row as a plain tuple (its column types are the query's business)."""
     return tuple(row)
@@ -514,14 +524,18 @@ class ReportQuery:
                 columns, rows = self._grouped_violations(conn, vwhere, by)
             elif kind is ReportKind.GROUPED:
                 assert by is not None
-                columns, rows = self._grouped(conn, sel, by)
+                grouped, rows_of = self._grouped(sel, by)
             elif kind is ReportKind.VIOLATIONS:
                 columns, rows, truncated = self._violations(conn, vwhere, limit)
             else:
                 columns, rows, truncated = self._connections(conn, sel, limit)
-            summary, timeline, countries, top_rules, cases = self._facets(
-                conn, sel, vwhere, violations_only, with_cases
+            extra = [grouped] if kind is ReportKind.GROUPED and not violations_only else []
+            results, facet_parts = self._facets(
+                conn, sel, vwhere, violations_only, with_cases, extra
             )
+            if extra:
+                columns, rows = rows_of(results[0])
+            summary, timeline, countries, top_rules, cases = facet_parts
             max_id = conn.execute(select(func.max(ViolationRecord.id))).scalar()
         if filters.new_since_last and advance_mark:
             self._advance(filters.mark, now, int(max_id or 0))
@@ -544,9 +558,9 @@ class ReportQuery:
 
     # -- rows ----------------------------------------------------------------------------------
 
-    def _grouped(
-        self, conn: Connection, sel: _Selection, by: str
-    ) -> tuple[tuple[str, ...], list[dict[str, Value]]]:
+    @staticmethod
+    def _grouped(sel: _Selection, by: str) -> tuple[Any, _Rows]:
+        """The statement of a grouped report, and what turns its result into rows."""
         column = "endpoint_country" if by == "country" else by
         # Distinct names per day would need the per-machine rollups; a day's row counts only.
         with_hosts = by not in ("host", "day")
@@ -582,22 +596,29 @@ class ReportQuery:
             "first_seen",
             "last_seen",
         )
-        rows: list[dict[str, Value]] = []
-        for r in conn.execute(query):
-            m = r._mapping
-            row: dict[str, Value] = {by: _day(m["key"]) if by == "day" else m["key"]}
-            row["connections"] = int(m["connections"])
-            row["dns"] = int(m["dns"])
-            for v in VERDICTS:
-                row[v] = int(m[v])
-            if with_hosts:
-                row["hosts"] = int(m["hosts"])
-            row["first_seen"] = _ts(m["first_seen"])
-            row["last_seen"] = _ts(m["last_seen"])
-            rows.append(row)
-        if by == "day":
-            rows.sort(key=lambda r: str(r["day"]))
-        return columns, rows
+        names = [c.name for c in query.selected_columns]
+
+        def rows_of(
+            result: list[tuple[Any, ...]],
+        ) -> tuple[tuple[str, ...], list[dict[str, Value]]]:
+            rows: list[dict[str, Value]] = []
+            for values in result:
+                m = dict(zip(names, values, strict=True))
+                row: dict[str, Value] = {by: _day(m["key"]) if by == "day" else m["key"]}
+                row["connections"] = int(m["connections"])
+                row["dns"] = int(m["dns"])
+                for v in VERDICTS:
+                    row[v] = int(m[v])
+                if with_hosts:
+                    row["hosts"] = int(m["hosts"])
+                row["first_seen"] = _ts(m["first_seen"])
+                row["last_seen"] = _ts(m["last_seen"])
+                rows.append(row)
+            if by == "day":
+                rows.sort(key=lambda r: str(r["day"]))
+            return columns, rows
+
+        return query, rows_of
 
     def _grouped_violations(
         self, conn: Connection, where: list[ColumnElement[bool]], by: str
@@ -680,65 +701,44 @@ class ReportQuery:
         vwhere: list[ColumnElement[bool]],
         violations_only: bool,
         with_cases: bool,
-    ) -> tuple[
-        Summary,
-        list[tuple[str, int, int]],
-        list[tuple[str | None, int, int]],
-        list[tuple[str, int]],
-        list[Case],
-    ]:
-        """Summary, timeline, countries, top rules and (``with_cases``) cases: one pass over
-        the daily counts, one over the weekly ones for machines and names, one more for cases
-        (or one pass over the violations)."""
-        violations = int(
-            conn.execute(
-                select(func.count()).select_from(ViolationRecord).where(*vwhere)
-            ).scalar_one()
-        )
+        extra: list[Any],
+    ) -> tuple[list[list[tuple[Any, ...]]], _FacetParts]:
+        """Summary, timeline, countries, top rules and (``with_cases``) cases, with the
+        results of the ``extra`` statements: one query for the per-day counts, one for
+        machines and names, one for cases (or one pass over the violations)."""
+        count_violations = select(func.count()).select_from(ViolationRecord).where(*vwhere)
         facets = _Facets()
         if violations_only:
             v = ViolationRecord
-            for row in conn.execute(
-                select(
-                    v.ts,
-                    v.rule,
-                    v.host,
-                    v.verdict,
-                    v.machine,
-                    v.endpoint_country,
-                    v.provider,
-                    v.reason,
-                ).where(*vwhere)
-            ):
-                ts, rule, host, verdict, machine, country, provider, reason = _any(row)
+            listed = select(
+                v.ts, v.rule, v.host, v.verdict, v.machine, v.endpoint_country, v.provider, v.reason
+            ).where(*vwhere)
+            results = self._fetch(conn, [*extra, count_violations, listed])
+            for ts, rule, host, verdict, machine, country, provider, reason in results[-1]:
                 facets.add_counts(day_of(ts), verdict, "tls", country, rule, 1, ts, ts)
                 facets.add_name(host, machine, dns=False)
                 if with_cases:
                     facets.add_case(rule, host, verdict, 1, reason, provider, country, ts, ts)
-            return facets.result(violations)
-        # In the order of the daily rollup's covering index, so that SQLite streams it.
+            return results[: len(extra)], facets.result(int(results[-2][0][0]))
         keys = ["day", "verdict", "kind", "endpoint_country", "rule"]
         src = _count_source(sel, keys)
-        for counts in conn.execute(
-            select(
-                *(src.c[k] for k in keys),
-                func.sum(src.c["count"]),
-                func.min(src.c.first_seen),
-                func.max(src.c.last_seen),
-            ).group_by(*(src.c[k] for k in keys))
-        ):
-            facets.add_counts(*_any(counts))
+        per_day = select(
+            *(src.c[k] for k in keys),
+            func.sum(src.c["count"]),
+            func.min(src.c.first_seen),
+            func.max(src.c.last_seen),
+        ).group_by(*(src.c[k] for k in keys))
         src = _count_source(sel, ["host", "machine", "kind"])
         is_dns = src.c.kind == "dns"
-        for host, machine, dns in conn.execute(
-            select(src.c.host, src.c.machine, is_dns).group_by(src.c.host, src.c.machine, is_dns)
-        ):
-            facets.add_name(host, machine, dns=bool(dns))
+        names = select(src.c.host, src.c.machine, is_dns).group_by(
+            src.c.host, src.c.machine, is_dns
+        )
+        statements = [*extra, count_violations, per_day, names]
         if with_cases:
             src = _count_source(
                 sel, ["rule", "host", "verdict", "reason", "provider", "endpoint_country", "kind"]
             )
-            for case_row in conn.execute(
+            statements.append(
                 select(
                     src.c.rule,
                     src.c.host,
@@ -752,9 +752,21 @@ class ReportQuery:
                 )
                 .where(src.c.kind != "dns")
                 .group_by(src.c.rule, src.c.host, src.c.verdict)
-            ):
-                facets.add_case(*_any(case_row))
-        return facets.result(violations)
+            )
+        results = self._fetch(conn, statements)
+        mine = results[len(extra) :]
+        for counts in mine[1]:
+            facets.add_counts(*counts)
+        for host, machine, dns in mine[2]:
+            facets.add_name(host, machine, dns=bool(dns))
+        for case_row in mine[3] if with_cases else ():
+            facets.add_case(*case_row)
+        return results[: len(extra)], facets.result(int(mine[0][0][0]))
+
+    @staticmethod
+    def _fetch(conn: Connection, statements: list[Any]) -> list[list[tuple[Any, ...]]]:
+        """Run independent read-only statements, in one transaction (one snapshot)."""
+        return [[tuple(r) for r in conn.execute(stmt)] for stmt in statements]
 
     def _advance(self, name: str, now: float, last_violation: int) -> None:
         with self.engine.begin() as conn:
