@@ -705,7 +705,7 @@ class ReportQuery:
     ) -> tuple[list[list[tuple[Any, ...]]], _FacetParts]:
         """Summary, timeline, countries, top rules and (``with_cases``) cases, with the
         results of the ``extra`` statements: one query for the per-day counts, one for
-        machines and names, one for cases (or one pass over the violations)."""
+        machines, names and cases (or one pass over the violations)."""
         count_violations = select(func.count()).select_from(ViolationRecord).where(*vwhere)
         facets = _Facets()
         if violations_only:
@@ -728,39 +728,42 @@ class ReportQuery:
             func.min(src.c.first_seen),
             func.max(src.c.last_seen),
         ).group_by(*(src.c[k] for k in keys))
-        src = _count_source(sel, ["host", "machine", "kind"])
-        is_dns = src.c.kind == "dns"
-        names = select(src.c.host, src.c.machine, is_dns).group_by(
-            src.c.host, src.c.machine, is_dns
+        # Machines, names and cases from one pass: grouped by machine too, summed here.
+        src = _count_source(
+            sel,
+            [
+                "rule",
+                "host",
+                "verdict",
+                "machine",
+                "reason",
+                "provider",
+                "endpoint_country",
+                "kind",
+            ],
         )
-        statements = [*extra, count_violations, per_day, names]
-        if with_cases:
-            src = _count_source(
-                sel, ["rule", "host", "verdict", "reason", "provider", "endpoint_country", "kind"]
-            )
-            statements.append(
-                select(
-                    src.c.rule,
-                    src.c.host,
-                    src.c.verdict,
-                    func.sum(src.c["count"]),
-                    func.max(src.c.reason),
-                    func.max(src.c.provider),
-                    func.max(src.c.endpoint_country),
-                    func.min(src.c.first_seen),
-                    func.max(src.c.last_seen),
-                )
-                .where(src.c.kind != "dns")
-                .group_by(src.c.rule, src.c.host, src.c.verdict)
-            )
-        results = self._fetch(conn, statements)
+        is_dns = src.c.kind == "dns"
+        by_case = select(
+            src.c.rule,
+            src.c.host,
+            src.c.verdict,
+            func.sum(src.c["count"]),
+            func.max(src.c.reason),
+            func.max(src.c.provider),
+            func.max(src.c.endpoint_country),
+            func.min(src.c.first_seen),
+            func.max(src.c.last_seen),
+            src.c.machine,
+            is_dns,
+        ).group_by(src.c.rule, src.c.host, src.c.verdict, src.c.machine, is_dns)
+        results = self._fetch(conn, [*extra, count_violations, per_day, by_case])
         mine = results[len(extra) :]
         for counts in mine[1]:
             facets.add_counts(*counts)
-        for host, machine, dns in mine[2]:
-            facets.add_name(host, machine, dns=bool(dns))
-        for case_row in mine[3] if with_cases else ():
-            facets.add_case(*case_row)
+        for *case_row, machine, dns in mine[2]:
+            facets.add_name(case_row[1], machine, dns=bool(dns))
+            if with_cases and not dns:
+                facets.add_case(*case_row)
         return results[: len(extra)], facets.result(int(mine[0][0][0]))
 
     @staticmethod
