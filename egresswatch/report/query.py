@@ -10,6 +10,7 @@ ten million hourly rows (``make bench`` shows it).
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from sqlalchemy import (
 from egresswatch.policy import compile_host_glob
 from egresswatch.report.interface import Case, Report, ReportKind, Summary, Value
 from egresswatch.store.engine import describe
-from egresswatch.store.keys import DAY, FACET_COLUMNS, HOUR, WEEK, day_of, hour_of, week_of
+from egresswatch.store.keys import DAY, FACET_COLUMNS, HOUR, WEEK, day_of, week_of
 from egresswatch.store.models import (
     DailyFacets,
     DailyRollup,
@@ -212,6 +213,11 @@ class _Selection:
         return out
 
 
+def _hour_after(end: float) -> int:
+    """The first hour bucket that starts at or after ``end`` (buckets before it count)."""
+    return math.ceil(end / HOUR) * HOUR
+
+
 def _ceil(value: int, step: int, floor: Callable[[int], int]) -> int:
     base = floor(value)
     return base if base == value else base + step
@@ -261,11 +267,11 @@ def _count_source(sel: _Selection, columns: Sequence[str]) -> Any:
     d1 = None if end is None else day_of(end)
     if d0 is not None and d1 is not None and d0 >= d1:
         # The range lies within one or two days: the hourly rows alone.
-        return hourly.where(*span(hour, start, _ceil(int(end), HOUR, hour_of))).subquery()  # type: ignore[arg-type]
+        return hourly.where(*span(hour, start, _hour_after(end))).subquery()  # type: ignore[arg-type]
     if start is not None and d0 is not None and start < d0:
         parts.append(hourly.where(*span(hour, start, d0)))
     if end is not None and d1 is not None and d1 < end:
-        parts.append(hourly.where(*span(hour, d1, _ceil(int(end), HOUR, hour_of))))
+        parts.append(hourly.where(*span(hour, d1, _hour_after(end))))
     w0 = None if d0 is None else _ceil(d0, WEEK, week_of)
     w1 = None if d1 is None else week_of(d1)
     if weekly is None or (w0 is not None and w1 is not None and w0 >= w1):
@@ -398,7 +404,7 @@ class _Facets:
 
     def add_name(self, host: str | None, machine: str, *, dns: bool) -> None:
         self.machines.add(machine)
-        if not dns:
+        if not dns and host is not None:
             self.hosts.add(host)
 
     def add_case(
@@ -418,6 +424,7 @@ class _Facets:
             {
                 "verdict": verdict,
                 "count": 0,
+                "best": 0,
                 "violations": 0,
                 "reason": reason,
                 "provider": provider,
@@ -426,11 +433,19 @@ class _Facets:
                 "last": last,
             },
         )
+        if not slot["count"] or (_WORST.get(verdict, 0), count, last) > (
+            _WORST.get(slot["verdict"], 0),
+            slot["best"],
+            slot["last"],
+        ):
+            # The case shows the worst verdict's facts (the most connections among equals),
+            # whatever order the database returns its groups in.
+            slot.update(
+                verdict=verdict, reason=reason, provider=provider, country=country, best=count
+            )
         slot["count"] += int(count)
         if verdict == "violation":
             slot["violations"] += int(count)
-        if _WORST.get(verdict, 0) > _WORST.get(slot["verdict"], 0):
-            slot["verdict"], slot["reason"] = verdict, reason
         slot["first"] = min(slot["first"], first)
         slot["last"] = max(slot["last"], last)
 
@@ -504,10 +519,17 @@ class ReportQuery:
         leaves ``Report.cases`` empty (one query fewer, for formats that do not show them)."""
         now = time.time() if now is None else now
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # Every query of the report sees the same snapshot, as SQLite's do.
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            # The newest violation first: the review mark may move only as far as what the
+            # report read, never past one committed while it was reading.
+            max_id = int(conn.execute(select(func.max(ViolationRecord.id))).scalar() or 0)
             sel = _Selection(conn, filters)
             new_clause: ColumnElement[bool] | None = None
             if filters.new_since_last:
                 new_clause, _ = _new_since_last(conn, sel)
+                new_clause = and_(new_clause, ViolationRecord.id <= max_id)
             violations_only = filters.new_since_last
             if violations_only:
                 kind = ReportKind.GROUPED if by else ReportKind.VIOLATIONS
@@ -536,9 +558,8 @@ class ReportQuery:
             if extra:
                 columns, rows = rows_of(results[0])
             summary, timeline, countries, top_rules, cases = facet_parts
-            max_id = conn.execute(select(func.max(ViolationRecord.id))).scalar()
         if filters.new_since_last and advance_mark:
-            self._advance(filters.mark, now, int(max_id or 0))
+            self._advance(filters.mark, now, max_id)
         return Report(
             title=title,
             generated=format_ts(now),

@@ -27,11 +27,12 @@ SCHEMA_REVISIONS = ("0001", "0002")
 """Every schema revision, oldest first; the last is the one this version writes. Kept here so
 that opening a current store does not load Alembic (a test checks it against the scripts)."""
 
-# Pragmas for every SQLite connection. WAL lets reports read while the agent writes, and with
-# synchronous=NORMAL a commit survives the process being killed (only a power cut can lose the
-# last commits, never corrupt the file). busy_timeout waits out another writer's commit.
+# Pragmas for every SQLite connection: they last as long as the connection and write nothing
+# to the file, so opening a database that is then refused leaves it as it was. With WAL (set
+# once, in the file, by `migrate`) and synchronous=NORMAL a commit survives the process being
+# killed (only a power cut can lose the last commits, never corrupt the file). busy_timeout
+# waits out another writer's commit.
 SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA busy_timeout=10000",
     "PRAGMA foreign_keys=ON",
@@ -77,8 +78,6 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: object) -> No
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        # Must come before the first table exists; a no-op on an existing database.
-        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
     finally:
@@ -162,34 +161,61 @@ def migrate(engine: Engine, *, notify: Callable[[str], None] | None = None) -> s
     """
     head = SCHEMA_REVISIONS[-1]
     with engine.connect() as conn:
+        # Reading only: nothing is written until the database is known to be ours.
         if current_revision(conn) == head:
             return head  # the usual case, without a lock or Alembic
     from alembic import command
 
-    with _migration_lock(engine), engine.begin() as conn:
-        before = current_revision(conn)
-        if before == head:
-            return before
-        if before is None:
-            tables = set(inspect(conn).get_table_names())
-            if tables:
-                shown = ", ".join(sorted(tables)[:5])
-                msg = (
-                    f"{describe(engine.url)} is not an egresswatch database (it has tables "
-                    f"{shown} but no schema revision); give --db a new file or database"
-                )
-                raise StoreError(msg)
-        elif before not in SCHEMA_REVISIONS:
+    with _migration_lock(engine):
+        with engine.connect() as conn:
+            before = _check(conn, engine, head)
+            if before == head:
+                return before
+            if conn.dialect.name == "sqlite":
+                _sqlite_file_settings(conn, new=before is None)
+        with engine.begin() as conn:
+            before = _check(conn, engine, head)
+            if before == head:
+                return before
+            if before is not None and notify is not None:
+                notify(f"migrating {describe(engine.url)} from schema {before} to {head}")
+            command.upgrade(_alembic_config(conn), "head")
+            return before or "new"
+
+
+def _check(conn: Connection, engine: Engine, head: str) -> str | None:
+    """The database's revision, after refusing one that is foreign or newer."""
+    before = current_revision(conn)
+    if before is None:
+        tables = set(inspect(conn).get_table_names())
+        if tables:
+            shown = ", ".join(sorted(tables)[:5])
             msg = (
-                f"{describe(engine.url)} was written by a newer egresswatch (schema "
-                f"revision {before!r}; this version knows up to {head!r}): upgrade "
-                "egresswatch to read it, or use another --db"
+                f"{describe(engine.url)} is not an egresswatch database (it has tables "
+                f"{shown} but no schema revision); give --db a new file or database"
             )
-            raise StoreVersionError(msg)
-        elif notify is not None:
-            notify(f"migrating {describe(engine.url)} from schema {before} to {head}")
-        command.upgrade(_alembic_config(conn), "head")
-        return before or "new"
+            raise StoreError(msg)
+    elif before not in SCHEMA_REVISIONS:
+        msg = (
+            f"{describe(engine.url)} was written by a newer egresswatch (schema "
+            f"revision {before!r}; this version knows up to {head!r}): upgrade "
+            "egresswatch to read it, or use another --db"
+        )
+        raise StoreVersionError(msg)
+    return before
+
+
+def _sqlite_file_settings(conn: Connection, *, new: bool) -> None:
+    """The settings SQLite keeps in the file, made once, outside any transaction: WAL, and
+    (before the first table exists) incremental auto-vacuum, so retention can give pages back."""
+    conn.rollback()  # end the read transaction: these cannot change inside one
+    raw: Any = conn.connection.driver_connection  # autocommit: see _sqlite_connect
+    if new:
+        raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    mode = raw.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode not in ("wal", "memory"):  # an in-memory database keeps its journal in memory
+        msg = f"cannot put {describe(conn.engine.url)} in WAL mode (it stays {mode!r})"
+        raise StoreError(msg)
 
 
 def open_engine(value: str | Path, *, notify: Callable[[str], None] | None = None) -> Engine:

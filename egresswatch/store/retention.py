@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, select, text
 
@@ -156,8 +157,9 @@ def prune(
                     deleted[i] += n
     if any(deleted) and engine.url.get_backend_name() == "sqlite":
         with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA incremental_vacuum")
-            conn.commit()
+            # One page per step: executescript steps the pragma to the end.
+            raw: Any = conn.connection.driver_connection
+            raw.executescript("PRAGMA incremental_vacuum;")
     with engine.connect() as conn:
         size_after = store_size(conn)
     return PruneResult(

@@ -75,17 +75,17 @@ _FACET_INDEX = tuple(DAILY_COLUMNS.index(name) for name in FACET_COLUMNS)
 
 def clean_text(value: str | None, limit: int = MAX_TEXT) -> str | None:
     """Text a database accepts: no NUL (PostgreSQL refuses it), no lone surrogates (invalid
-    UTF-8 carried by ``surrogateescape``), at most ``limit`` characters."""
+    UTF-8 carried by ``surrogateescape``), at most ``limit`` characters (after escaping)."""
     if value is None:
         return None
-    if len(value) > limit:
-        value = value[: limit - 1] + "…"
     if "\x00" in value:
         value = value.replace("\x00", "\\x00")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(value) > limit:
+        value = value[: limit - 1] + "…"
     return value
 
 
@@ -101,7 +101,7 @@ def _values(obs: Observation, machine: str) -> tuple[Any, ...]:
         obs.src,
         obs.dst,
         obs.dport,
-        clean_text(host),
+        clean_text(host.lower() if isinstance(host, str) else host),
         obs.qtype,
         extra.get("provider"),
         extra.get("role"),
@@ -152,7 +152,9 @@ def _roll_up(
         else:
             have.count += pending.count
             have.first = min(have.first, pending.first)
-            have.last = max(have.last, pending.last)
+            if pending.last >= have.last:
+                have.last = pending.last
+                have.reason = reason  # the latest reason recorded
     return out
 
 
