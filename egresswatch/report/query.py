@@ -47,6 +47,7 @@ from egresswatch.store.models import (
     ViolationRecord,
     WeeklyRollup,
 )
+from egresswatch.store.writer import AGGREGATE_COLUMNS
 from probes.observation import format_ts
 
 VERDICTS = ("allow", "warn", "violation", "audit")
@@ -59,33 +60,8 @@ _WORST = {"violation": 3, "warn": 2, "allow": 1, "audit": 0}
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
-CONNECTION_COLUMNS = (
-    "ts",
-    "first_seen",
-    "last_seen",
-    "count",
-    "machine",
-    "kind",
-    "transport",
-    "src",
-    "dst",
-    "dport",
-    "host",
-    "qtype",
-    "provider",
-    "role",
-    "region",
-    "inference",
-    "endpoint_country",
-    "asn",
-    "as_org",
-    "anycast",
-    "ech",
-    "verdict",
-    "rule",
-    "reason",
-    "process",
-)
+CONNECTION_COLUMNS = ("ts", "first_seen", "last_seen", "count", *AGGREGATE_COLUMNS)
+"""The fields of an aggregated record in a listing: DESIGN.md names, ``ts`` = last seen."""
 VIOLATION_COLUMNS = (
     "ts",
     "machine",
@@ -347,6 +323,24 @@ _FacetParts = tuple[
     list[tuple[str, int]],
     list[Case],
 ]
+
+
+def _listing(
+    conn: Connection,
+    query: Any,
+    table: Any,
+    where: list[ColumnElement[bool]],
+    limit: int | None,
+    make: Callable[[Any], dict[str, Value]],
+) -> tuple[list[dict[str, Value]], int]:
+    """The rows of a listing, at most ``limit``, and how many more there were."""
+    if limit is not None:
+        query = query.limit(limit + 1)
+    rows = [make(rec) for rec in conn.execute(query)]
+    if limit is None or len(rows) <= limit:
+        return rows, 0
+    total = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+    return rows[:limit], int(total) - limit
 
 
 def _any(row: Any) -> tuple[Any, ...]:
@@ -682,14 +676,7 @@ class ReportQuery:
             .where(*where)
             .order_by(ViolationRecord.ts.desc(), ViolationRecord.id.desc())
         )
-        if limit is not None:
-            query = query.limit(limit + 1)
-        rows = [_violation_row(rec) for rec in conn.execute(query)]
-        truncated = 0
-        if limit is not None and len(rows) > limit:
-            rows = rows[:limit]
-            total = conn.execute(select(func.count()).select_from(ViolationRecord).where(*where))
-            truncated = int(total.scalar_one()) - limit
+        rows, truncated = _listing(conn, query, ViolationRecord, where, limit, _violation_row)
         return VIOLATION_COLUMNS, rows, truncated
 
     def _connections(
@@ -703,14 +690,7 @@ class ReportQuery:
         if f.until is not None:
             where.append(o.hour < f.until)
         query = select(o.__table__).where(*where).order_by(o.hour.desc(), o.last_seen.desc())
-        if limit is not None:
-            query = query.limit(limit + 1)
-        rows = [_connection_row(rec) for rec in conn.execute(query)]
-        truncated = 0
-        if limit is not None and len(rows) > limit:
-            rows = rows[:limit]
-            total = conn.execute(select(func.count()).select_from(o).where(*where))
-            truncated = int(total.scalar_one()) - limit
+        rows, truncated = _listing(conn, query, o, where, limit, _connection_row)
         return CONNECTION_COLUMNS, rows, truncated
 
     # -- what every format may show beside the rows ------------------------------------------
