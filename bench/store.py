@@ -31,7 +31,11 @@ sys.path.insert(0, str(REPO))
 from egresswatch.report.query import Filters, ReportQuery  # noqa: E402
 from egresswatch.store.engine import open_engine  # noqa: E402
 from egresswatch.store.keys import DAILY_COLUMNS, DAY, HOUR, digest, week_of  # noqa: E402
-from egresswatch.store.rollups import rebuild_daily_facets, rebuild_totals  # noqa: E402
+from egresswatch.store.rollups import (  # noqa: E402
+    rebuild_daily_facets,
+    rebuild_hourly_rollup,
+    rebuild_totals,
+)
 from egresswatch.store.writer import AGGREGATE_COLUMNS  # noqa: E402
 from geo.register import load_register  # noqa: E402
 
@@ -236,6 +240,7 @@ def build_store(path: Path) -> None:
     db.close()
     with open_engine(tmp).begin() as conn:
         # The store's own functions, as retention uses them.
+        rebuild_hourly_rollup(conn)
         rebuild_totals(conn)
         rebuild_daily_facets(conn)
     db = sqlite3.connect(tmp)
@@ -306,19 +311,30 @@ def main() -> None:
     raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     counts = {
         t: raw.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-        for t in ("observations", "daily", "weekly", "totals", "daily_facets", "violations")
+        for t in (
+            "observations",
+            "hourly",
+            "daily",
+            "weekly",
+            "totals",
+            "daily_facets",
+            "violations",
+        )
     }
     total_h = raw.execute("SELECT sum(count) FROM observations").fetchone()[0]
     total_d = raw.execute("SELECT sum(count) FROM daily").fetchone()[0]
+    total_r = raw.execute("SELECT sum(count) FROM hourly").fetchone()[0]
     total_w = raw.execute("SELECT sum(count) FROM weekly").fetchone()[0]
     total_t = raw.execute("SELECT sum(count) FROM totals").fetchone()[0]
     total_f = raw.execute("SELECT sum(count) FROM daily_facets").fetchone()[0]
     print(
-        f"  store: {counts['observations']:,} hourly rows, {counts['daily']:,} daily and "
+        f"  store: {counts['observations']:,} hourly rows, rollups: {counts['hourly']:,} hourly, "
+        f"{counts['daily']:,} daily and "
         f"{counts['weekly']:,} weekly rollup rows, {counts['totals']:,} totals, "
         f"{counts['daily_facets']:,} daily facets, {counts['violations']:,} violations; "
         f"{path.stat().st_size / 1e9:.2f} GB; "
-        f"counts agree: {total_h == total_d == total_w == total_t == total_f} ({total_h:,})"
+        f"counts agree: {total_h == total_r == total_d == total_w == total_t == total_f} "
+        f"({total_h:,})"
     )
     engine = open_engine(path)
     query = ReportQuery(engine)
@@ -335,13 +351,18 @@ def main() -> None:
         ref = "-" if args.no_reference or not expr else f"{_reference(raw, expr, spec):.2f} s"
         print(f"  {label:48} {took:>10.3f} s {ref:>26}  {len(report.rows):,}")
     print(f"  slowest grouped report: {worst:.3f} s ({'under' if worst < 1 else 'OVER'} 1 s)")
-    for argv in (["--by", "host"], ["--by", "rule", "--format", "json"], ["--by", "day"]):
+    for argv in (
+        ["--by", "host"],
+        ["--by", "rule", "--format", "json"],
+        ["--by", "day"],
+        ["--by", "host", "--since", "2026-11-16T12:00:00Z"],
+    ):
         cmd = [sys.executable, "-m", "egresswatch", "report", "--db", str(path), *argv]
         started = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, check=False, cwd=REPO)
         took = time.perf_counter() - started
         status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
-        print(f"  whole command: egresswatch report {' '.join(argv):32} {took:.3f} s ({status})")
+        print(f"  whole command: egresswatch report {' '.join(argv):48} {took:.3f} s ({status})")
     started = time.perf_counter()
     report = query.build(Filters(verdicts=("violation",)), limit=100, now=END)
     print(

@@ -41,6 +41,7 @@ from egresswatch.store.keys import DAY, FACET_COLUMNS, HOUR, WEEK, day_of, week_
 from egresswatch.store.models import (
     DailyFacets,
     DailyRollup,
+    HourlyRollup,
     ObservationAggregate,
     ReviewMark,
     TotalRollup,
@@ -234,8 +235,8 @@ def _count_source(sel: _Selection, columns: Sequence[str]) -> Any:
 
     if start is None and end is None and "day" not in columns:
         return project(TotalRollup, None).subquery()
-    hour = ObservationAggregate.hour
-    hourly = project(ObservationAggregate, hour - hour % DAY)
+    hour = HourlyRollup.hour
+    hourly = project(HourlyRollup, hour - hour % DAY)
     daily = project(day_table, day_table.day)
     weekly = None if "day" in columns else project(WeeklyRollup, None)
     parts: list[Select[Any]] = []

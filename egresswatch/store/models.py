@@ -6,10 +6,10 @@ Three kinds of row, sized for a busy machine kept for months:
   destination (name, address, port), process, verdict and UTC hour, with a count and the first
   and last time seen. A workstation that opens ten thousand connections an hour to the same
   API writes one row, not ten thousand.
-- :class:`DailyRollup` (``daily``) and :class:`WeeklyRollup` (``weekly``): the same counts per
-  UTC day and per week, without the address and port, kept beside the hourly rows so that
-  grouped reports over months read a week's or a day's rows per key instead of an hour's per
-  destination. Written in the same transaction as the hourly rows, so all three agree.
+- Rollups without the address, port and source (:class:`HourlyRollup`, :class:`DailyRollup`,
+  :class:`WeeklyRollup`, :class:`TotalRollup`, and the fleet-wide :class:`DailyFacets`), so
+  that a grouped report over months reads a few rows per key and period instead of one per
+  destination and hour. Written in the same transaction as the hourly rows, so all agree.
 - :class:`ViolationRecord` (``violations``): every violation individually, with everything
   needed to act on it (time, machine, process, addresses, ports, names, where, which rule, why,
   and the whole observation).
@@ -147,6 +147,18 @@ class _Rollup:
     count: Mapped[int] = mapped_column(BigInteger)
     first_seen: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float)
+
+
+class HourlyRollup(_Rollup, Base):
+    """Counts per UTC hour, without address, port or source: the edges of a report's time
+    range (``--since 12h``) read these instead of the per-destination hourly rows."""
+
+    __tablename__ = "hourly"
+
+    hour: Mapped[int] = mapped_column(BigInteger)
+    """Start of the UTC hour, seconds since the epoch."""
+
+    __table_args__ = (UniqueConstraint("hour", "key"),)
 
 
 class DailyRollup(_Rollup, Base):

@@ -20,6 +20,7 @@ from egresswatch.store.keys import week_of
 from egresswatch.store.models import (
     DailyFacets,
     DailyRollup,
+    HourlyRollup,
     ObservationAggregate,
     ViolationRecord,
     WeeklyRollup,
@@ -99,6 +100,7 @@ def store_size(conn: Connection) -> int:
 
 def _delete_before(conn: Connection, week: int) -> tuple[int, int, int]:
     obs = conn.execute(delete(ObservationAggregate).where(ObservationAggregate.hour < week))
+    conn.execute(delete(HourlyRollup).where(HourlyRollup.hour < week))
     daily = conn.execute(delete(DailyRollup).where(DailyRollup.day < week))
     weekly = conn.execute(delete(WeeklyRollup).where(WeeklyRollup.week < week))
     conn.execute(delete(DailyFacets).where(DailyFacets.day < week))

@@ -5,7 +5,14 @@ from __future__ import annotations
 from sqlalchemy import Connection, delete, func, insert, select
 
 from egresswatch.store.keys import DAILY_COLUMNS, FACET_COLUMNS, digest
-from egresswatch.store.models import DailyFacets, DailyRollup, TotalRollup, WeeklyRollup
+from egresswatch.store.models import (
+    DailyFacets,
+    DailyRollup,
+    HourlyRollup,
+    ObservationAggregate,
+    TotalRollup,
+    WeeklyRollup,
+)
 
 BATCH = 5000
 
@@ -52,3 +59,36 @@ def rebuild_daily_facets(conn: Connection) -> None:
         )
     for i in range(0, len(rows), BATCH):
         conn.execute(insert(DailyFacets), rows[i : i + BATCH])
+
+
+def rebuild_hourly_rollup(conn: Connection) -> None:
+    """The hourly rollup again from the per-destination hourly rows (streamed, in batches)."""
+    o = ObservationAggregate
+    columns = [getattr(o, name) for name in DAILY_COLUMNS]
+    conn.execute(delete(HourlyRollup))
+    query = select(
+        o.hour,
+        *columns,
+        func.max(o.reason),
+        func.sum(o.count),
+        func.min(o.first_seen),
+        func.max(o.last_seen),
+    ).group_by(o.hour, *columns)
+    rows = []
+    for hour, *values, reason, count, first, last in conn.execute(query).all():
+        rows.append(
+            {
+                "hour": hour,
+                "key": digest(values),
+                **dict(zip(DAILY_COLUMNS, values, strict=True)),
+                "reason": reason,
+                "count": count,
+                "first_seen": first,
+                "last_seen": last,
+            }
+        )
+        if len(rows) >= BATCH:
+            conn.execute(insert(HourlyRollup), rows)
+            rows = []
+    if rows:
+        conn.execute(insert(HourlyRollup), rows)

@@ -33,6 +33,7 @@ from egresswatch.store.keys import (
 from egresswatch.store.models import (
     DailyFacets,
     DailyRollup,
+    HourlyRollup,
     ObservationAggregate,
     TotalRollup,
     ViolationRecord,
@@ -253,11 +254,14 @@ class StoreWriter:
         if not self._hourly and not self._violations:
             return
         hourly, violations = self._hourly, self._violations
-        daily = _roll_up(
+        hourly_rollup = _roll_up(
             (
-                (day_of(hour), tuple(values[i] for i in _DAILY_INDEX), values[_REASON], p)
+                (hour, tuple(values[i] for i in _DAILY_INDEX), values[_REASON], p)
                 for (hour, values), p in hourly.items()
             )
+        )
+        daily = _roll_up(
+            ((day_of(hour), values, p.reason, p) for (hour, values), p in hourly_rollup.items())
         )
         weekly = _roll_up(
             ((week_of(day), values, p.reason, p) for (day, values), p in daily.items())
@@ -280,6 +284,7 @@ class StoreWriter:
             }
             for (hour, values), p in hourly.items()
         ]
+        hourly_rollup_rows = _rollup_rows("hour", hourly_rollup)
         daily_rows = _rollup_rows("day", daily)
         weekly_rows = _rollup_rows("week", weekly)
         total_rows = _rollup_rows(None, totals)
@@ -289,6 +294,7 @@ class StoreWriter:
                 if hourly_rows:
                     conn.execute(self._upsert(ObservationAggregate.__table__, "hour"), hourly_rows)  # type: ignore[arg-type]
                 if daily_rows:
+                    conn.execute(self._upsert(HourlyRollup.__table__, "hour"), hourly_rollup_rows)  # type: ignore[arg-type]
                     conn.execute(self._upsert(DailyRollup.__table__, "day"), daily_rows)  # type: ignore[arg-type]
                     conn.execute(self._upsert(WeeklyRollup.__table__, "week"), weekly_rows)  # type: ignore[arg-type]
                     conn.execute(self._upsert(TotalRollup.__table__, None), total_rows)  # type: ignore[arg-type]
@@ -335,7 +341,8 @@ class StoreWriter:
         insert = postgresql.insert if self._postgres else sqlite.insert
         stmt = insert(table)
         new = stmt.excluded
-        latest = {"reason": new.reason} if "reason" in table.c and bucket != "hour" else {}
+        # The latest reason (on hourly rows it is part of the key, so the same one).
+        latest = {"reason": new.reason} if "reason" in table.c else {}
         return stmt.on_conflict_do_update(
             index_elements=[bucket, "key"] if bucket else ["key"],
             set_={

@@ -1,4 +1,4 @@
-"""Rollups (daily, weekly, total), daily facets, and review marks for ``--new-since-last``.
+"""Rollups (hourly, daily, weekly, total), daily facets, and review marks for ``--new-since-last``.
 
 The rollups are filled from the hourly rows already in the database, so a store written by
 the first schema reports the same numbers after the upgrade.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from egresswatch.store.keys import DAILY_COLUMNS, DAY, FACET_COLUMNS, WEEK, digest
+from egresswatch.store.keys import DAILY_COLUMNS, DAY, FACET_COLUMNS, HOUR, WEEK, digest
 
 WEEK_OFFSET = 3 * DAY
 
@@ -47,6 +47,13 @@ def _rollup_columns() -> list[sa.Column[object]]:
 
 
 def upgrade() -> None:
+    hourly = op.create_table(
+        "hourly",
+        *_rollup_columns(),
+        sa.Column("hour", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_hourly")),
+        sa.UniqueConstraint("hour", "key", name=op.f("uq_hourly_hour_key")),
+    )
     daily = op.create_table(
         "daily",
         *_rollup_columns(),
@@ -90,7 +97,8 @@ def upgrade() -> None:
         sa.Column("last_violation", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_review_marks")),
     )
-    _backfill(daily)
+    _backfill(hourly, "hour", HOUR)
+    _backfill(daily, "day", DAY)
     _backfill_facets(facets)
     # Weekly rows from the daily ones, totals from the weekly ones: the key is the same digest
     # in every rollup.
@@ -142,8 +150,8 @@ def _backfill_facets(facets: sa.Table | None) -> None:
         bind.execute(facets.insert(), rows)
 
 
-def _backfill(daily: sa.Table | None) -> None:
-    assert daily is not None
+def _backfill(table: sa.Table | None, bucket: str, size: int) -> None:
+    assert table is not None
     obs = sa.table(
         "observations",
         *(
@@ -151,7 +159,7 @@ def _backfill(daily: sa.Table | None) -> None:
             for name in ("hour", "count", "first_seen", "last_seen", "reason", *DAILY_COLUMNS)
         ),
     )
-    day = (obs.c.hour - obs.c.hour % DAY).label("day")
+    day = (obs.c.hour - obs.c.hour % size).label(bucket)
     keys = [obs.c[name] for name in DAILY_COLUMNS]
     query = sa.select(
         day,
@@ -168,7 +176,7 @@ def _backfill(daily: sa.Table | None) -> None:
         reason, count, first, last = row[1 + len(DAILY_COLUMNS) :]
         batch.append(
             {
-                "day": row[0],
+                bucket: row[0],
                 "key": digest(list(values.values())),
                 **values,
                 "reason": reason,
@@ -178,10 +186,10 @@ def _backfill(daily: sa.Table | None) -> None:
             }
         )
         if len(batch) >= BATCH:
-            bind.execute(daily.insert(), batch)
+            bind.execute(table.insert(), batch)
             batch = []
     if batch:
-        bind.execute(daily.insert(), batch)
+        bind.execute(table.insert(), batch)
 
 
 def downgrade() -> None:
@@ -190,3 +198,4 @@ def downgrade() -> None:
     op.drop_table("totals")
     op.drop_table("weekly")
     op.drop_table("daily")
+    op.drop_table("hourly")
