@@ -30,13 +30,12 @@ sys.path.insert(0, str(REPO))
 
 from egresswatch.report.query import Filters, ReportQuery  # noqa: E402
 from egresswatch.store.engine import open_engine  # noqa: E402
-from egresswatch.store.keys import DAILY_COLUMNS, DAY, HOUR, digest, week_of  # noqa: E402
+from egresswatch.store.keys import AGGREGATE_COLUMNS, DAILY_COLUMNS, DAY, HOUR, digest, week_of  # noqa: E402
 from egresswatch.store.rollups import (  # noqa: E402
     rebuild_daily_facets,
     rebuild_hourly_rollup,
     rebuild_totals,
 )
-from egresswatch.store.writer import AGGREGATE_COLUMNS  # noqa: E402
 from geo.register import load_register  # noqa: E402
 
 ROWS = 10_000_000

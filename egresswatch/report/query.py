@@ -34,10 +34,17 @@ from sqlalchemy import (
     union_all,
 )
 
-from egresswatch.policy import compile_host_glob
 from egresswatch.report.interface import Case, Report, ReportKind, Summary, Value
 from egresswatch.store.engine import describe
-from egresswatch.store.keys import DAY, FACET_COLUMNS, HOUR, WEEK, day_of, week_of
+from egresswatch.store.keys import (
+    AGGREGATE_COLUMNS,
+    DAY,
+    FACET_COLUMNS,
+    HOUR,
+    WEEK,
+    day_of,
+    week_of,
+)
 from egresswatch.store.models import (
     DailyFacets,
     DailyRollup,
@@ -48,7 +55,6 @@ from egresswatch.store.models import (
     ViolationRecord,
     WeeklyRollup,
 )
-from egresswatch.store.writer import AGGREGATE_COLUMNS
 from probes.observation import format_ts
 
 VERDICTS = ("allow", "warn", "violation", "audit")
@@ -152,6 +158,8 @@ class _Selection:
 
     @staticmethod
     def _host_match(name: str, glob: str) -> bool:
+        from egresswatch.policy import compile_host_glob
+
         pattern = compile_host_glob(glob)
         if pattern is None:
             return fnmatch.fnmatch(name.lower(), glob.lower())

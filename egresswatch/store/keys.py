@@ -19,6 +19,31 @@ WEEK = 7 * DAY
 # 1970-01-01 was a Thursday: weeks start on the Monday 3 days before the epoch.
 _WEEK_OFFSET = 3 * DAY
 
+AGGREGATE_COLUMNS = (
+    "machine",
+    "kind",
+    "transport",
+    "src",
+    "dst",
+    "dport",
+    "host",
+    "qtype",
+    "provider",
+    "role",
+    "region",
+    "inference",
+    "endpoint_country",
+    "asn",
+    "as_org",
+    "anycast",
+    "ech",
+    "verdict",
+    "rule",
+    "reason",
+    "process",
+)
+"""The descriptive columns of an hourly row, in key order."""
+
 DAILY_COLUMNS = (
     "machine",
     "kind",

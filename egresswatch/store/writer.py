@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, Table, case
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from egresswatch.store.engine import describe
 from egresswatch.store.errors import StoreError
 from egresswatch.store.keys import (
+    AGGREGATE_COLUMNS,
     DAILY_COLUMNS,
     FACET_COLUMNS,
     day_of,
@@ -43,31 +43,6 @@ from probes.observation import Observation
 
 MAX_TEXT = 4096
 """Longest text stored in a column; longer names (a crafted SNI may be 64 kB) are cut."""
-
-AGGREGATE_COLUMNS = (
-    "machine",
-    "kind",
-    "transport",
-    "src",
-    "dst",
-    "dport",
-    "host",
-    "qtype",
-    "provider",
-    "role",
-    "region",
-    "inference",
-    "endpoint_country",
-    "asn",
-    "as_org",
-    "anycast",
-    "ech",
-    "verdict",
-    "rule",
-    "reason",
-    "process",
-)
-"""The descriptive columns of an hourly row, in key order."""
 
 _DAILY_INDEX = tuple(AGGREGATE_COLUMNS.index(name) for name in DAILY_COLUMNS)
 _REASON = AGGREGATE_COLUMNS.index("reason")
@@ -338,8 +313,15 @@ class StoreWriter:
 
     def _upsert(self, table: Table, bucket: str | None) -> Any:
         """INSERT ... ON CONFLICT (bucket, key) DO UPDATE adding counts, widening the span."""
-        insert = postgresql.insert if self._postgres else sqlite.insert
-        stmt = insert(table)
+        stmt: Any
+        if self._postgres:
+            from sqlalchemy.dialects import postgresql
+
+            stmt = postgresql.insert(table)
+        else:
+            from sqlalchemy.dialects import sqlite
+
+            stmt = sqlite.insert(table)
         new = stmt.excluded
         # The latest reason (on hourly rows it is part of the key, so the same one).
         latest = {"reason": new.reason} if "reason" in table.c else {}
