@@ -84,9 +84,7 @@ def _committed(db: Path) -> int:
         return 0  # the schema is not there yet
 
 
-def test_sigkill_mid_write_keeps_every_committed_violation(
-    capture: Path, tmp_path: Path
-) -> None:
+def test_sigkill_mid_write_keeps_every_committed_violation(capture: Path, tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     full_db = tmp_path / "full.db"
