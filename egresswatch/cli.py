@@ -27,12 +27,9 @@ if TYPE_CHECKING:
     from egresswatch.store.writer import StoreWriter
     from geo.destination import Destination
     from probes.observation import Observation
-    from probes.sensor import Sensor
 
 FC = TypeVar("FC", bound=Callable[..., object])
 
-# How long a stopping `run` may spend reading frames already queued in the capture socket.
-DRAIN_SECONDS = 5.0
 # The RDAP answer cache, kept in the geo data folder.
 RDAP_CACHE = "rdap-cache.sqlite"
 # How often a running agent applies --keep and --max-db-size.
@@ -341,6 +338,7 @@ def run(
     A kernel BPF filter passes only handshakes, DNS and what reassembly needs, so bulk
     transfers never reach Python. Stops on Ctrl-C or SIGTERM and prints its counters.
     """
+    from egresswatch.agent import pump
     from egresswatch.enrichment import EnrichingWriter, ObservationEnricher, OwnEndpoints
     from egresswatch.output import Tee
     from egresswatch.policy import load_policy
@@ -387,37 +385,44 @@ def run(
     click.echo(f"egresswatch {__version__}: capturing on {where}; Ctrl-C to stop", err=True)
     deadline = None if duration is None else time.monotonic() + duration
     next_prune = time.monotonic() + PRUNE_SECONDS
+
+    def should_stop() -> bool:
+        return stopping or (deadline is not None and time.monotonic() >= deadline)
+
+    def on_idle() -> None:
+        nonlocal next_prune
+        sys.stdout.flush()
+        if store is not None:
+            store.tick()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_SECONDS
+                _prune(store, retention)
+
     try:
-        while not stopping and (deadline is None or time.monotonic() < deadline):
-            batch = capture.read_batch(0.25)
-            _feed(sensor, writer, batch)
-            if not batch:
-                for obs in sensor.expire(time.time()):
-                    writer.write(obs)
-            sys.stdout.flush()
-            if store is not None:
-                store.tick()
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_SECONDS
-                    _prune(store, retention)
-        # Frames that passed the kernel filter before the stop still wait in the socket; they
-        # are the last connections made (in a CI job, the ones just before it ended), so read
-        # them before finishing. Bounded, so a flood cannot keep a stopping agent alive.
-        drain_until = time.monotonic() + DRAIN_SECONDS
-        while time.monotonic() < drain_until:
-            batch = capture.read_batch(0)
-            if not batch:
-                break
-            _feed(sensor, writer, batch)
+        pump(capture, sensor, _Quiet(writer), should_stop, on_idle=on_idle)
     except ProbeError as exc:
         _fail(str(exc), EXIT_INPUT)
     finally:
-        for obs in sensor.finish():
-            _emit(writer, obs)
         writer.close()
         capture.close()
         counters = {**sensor.stats(), **{f"capture.{k}": v for k, v in capture.stats().items()}}
         _report({**counters, **_store_stats(store)}, stats)
+
+
+class _Quiet:
+    """A writer whose output may go to a closed pipe (``run | head``) without ending the run."""
+
+    def __init__(self, writer: ObservationWriter) -> None:
+        self._writer = writer
+
+    def write(self, obs: Observation) -> None:
+        try:
+            self._writer.write(obs)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 Retention = tuple[float | None, int | None]
@@ -483,19 +488,6 @@ def _store_stats(store: StoreWriter | None) -> dict[str, int]:
         "store.violations": s.violations,
         "store.commits": s.commits,
     }
-
-
-def _feed(sensor: Sensor, writer: ObservationWriter, batch: list[tuple[float, int, bytes]]) -> None:
-    for ts, linktype, frame in batch:
-        for obs in sensor.frame(ts, linktype, frame):
-            writer.write(obs)
-
-
-def _emit(writer: ObservationWriter, obs: Observation) -> None:
-    try:
-        writer.write(obs)
-    except BrokenPipeError:
-        _quiet_broken_pipe()
 
 
 def entry() -> None:

@@ -1,0 +1,56 @@
+"""The capture pump shared by ``run`` and ``ci``: frames in, observations out to a writer.
+
+It reads the live capture in batches, feeds the sensor, expires idle flows when the wire is
+quiet, and calls ``on_idle`` between batches (flushing the store, applying retention). When told
+to stop it reads what is still queued in the capture socket (the last connections made: in a
+CI job, the ones just before it ended), bounded so that a flood cannot keep it alive, and then
+finishes the sensor's pending flows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from egresswatch.output import ObservationWriter
+from probes.live import LiveCapture
+from probes.sensor import Sensor
+
+DRAIN_SECONDS = 5.0
+"""How long a stopping pump may spend reading frames already queued in the capture socket."""
+BATCH_WAIT = 0.25
+"""Seconds a read waits for frames before the pump looks at the clock and its stop flag."""
+
+
+def feed(sensor: Sensor, writer: ObservationWriter, batch: list[tuple[float, int, bytes]]) -> None:
+    """Every observation the frames of ``batch`` complete, to ``writer``."""
+    for ts, linktype, frame in batch:
+        for obs in sensor.frame(ts, linktype, frame):
+            writer.write(obs)
+
+
+def pump(
+    capture: LiveCapture,
+    sensor: Sensor,
+    writer: ObservationWriter,
+    should_stop: Callable[[], bool],
+    *,
+    on_idle: Callable[[], None] | None = None,
+) -> None:
+    """Run until ``should_stop()``; then drain the socket and finish the sensor's flows."""
+    while not should_stop():
+        batch = capture.read_batch(BATCH_WAIT)
+        feed(sensor, writer, batch)
+        if not batch:
+            for obs in sensor.expire(time.time()):
+                writer.write(obs)
+        if on_idle is not None:
+            on_idle()
+    drain_until = time.monotonic() + DRAIN_SECONDS
+    while time.monotonic() < drain_until:
+        batch = capture.read_batch(0)
+        if not batch:
+            break
+        feed(sensor, writer, batch)
+    for obs in sensor.finish():
+        writer.write(obs)
