@@ -719,6 +719,105 @@ def policy_explain(
     click.echo(f"verdict: {verdict.verdict} (rule {verdict.rule or '-'}): {verdict.reason}")
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Judge every connection against this policy (POLICY.md); without one nothing fails "
+    "but the command itself.",
+)
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write JUnit XML here: one test case per rule and destination, violations fail.",
+)
+@click.option(
+    "--summary",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write a Markdown summary here (it is also appended to $GITHUB_STEP_SUMMARY when set).",
+)
+@GEO_DIR_OPTION
+@_db_option("Default: a temporary SQLite file, deleted afterwards.")
+@click.option(
+    "--interface",
+    "-i",
+    "interfaces",
+    multiple=True,
+    metavar="NAME",
+    help="Interface to capture on; repeatable. Default: all interfaces.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds to keep capturing after the command ends, for its last packets.",
+)
+@MACHINE_OPTION
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def ci(
+    policy_file: Path | None,
+    junit: Path | None,
+    summary: Path | None,
+    geo_dir: Path | None,
+    db: str | None,
+    interfaces: tuple[str, ...],
+    grace: float,
+    machine: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND, watch its egress, and fail when it reached what the policy forbids.
+
+    Usage: egresswatch ci [OPTIONS] -- COMMAND [ARGS]...  Exit status: the command's own when it
+    failed, else 1 on a violation, else 0. Needs root or CAP_NET_RAW, like run.
+    """
+    import shutil
+    import tempfile
+
+    from egresswatch.ci import headline, run_ci, write_outputs
+    from egresswatch.policy import load_policy
+    from egresswatch.store import open_engine
+    from egresswatch.store.writer import StoreWriter
+    from geo.enrich import Enricher
+    from probes.errors import CaptureError
+    from probes.live import LiveCapture
+
+    judged = load_policy(policy_file) if policy_file is not None else None
+    try:
+        capture = LiveCapture(list(interfaces) or None)
+    except CaptureError as exc:
+        _fail(f"{exc}; the command was not run", EXIT_INPUT)
+    scratch = None if db is not None else tempfile.mkdtemp(prefix="egresswatch-ci-")
+    try:
+        engine = open_engine(db or str(Path(scratch or ".") / "ci.db"))
+        store = StoreWriter(engine, machine=machine or socket.gethostname(), flush_seconds=1.0)
+        enricher = Enricher.from_geo_dir(paths.geo_dir(geo_dir))
+        try:
+            result = run_ci(
+                command,
+                capture=capture,
+                store=store,
+                enricher=enricher,
+                policy=judged,
+                grace=grace,
+                echo=sys.stdout,
+            )
+        finally:
+            capture.close()
+        for path in write_outputs(result, junit=junit, summary=summary):
+            click.echo(f"egresswatch ci: wrote {path}", err=True)
+        click.echo(headline(result), err=True)
+        engine.dispose()
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    sys.exit(result.exit_status)
+
+
 def _open_existing(db: str | None) -> Engine:
     """The engine of an existing store (a report never creates one)."""
     from egresswatch.store import StoreError, database_url, open_engine

@@ -182,7 +182,8 @@ class StoreWriter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
-        self._machine = clean_text(machine, 255) or "unknown"
+        self.machine = clean_text(machine, 255) or "unknown"
+        """The machine name recorded with every row."""
         self._flush_seconds = flush_seconds
         self._violation_seconds = violation_seconds
         self._max_pending = max_pending
@@ -197,7 +198,7 @@ class StoreWriter:
 
     def write(self, obs: Observation) -> None:
         """Record one enriched observation; flush when it is time."""
-        values = _values(obs, self._machine)
+        values = _values(obs, self.machine)
         slot = (hour_of(obs.ts), values)
         pending = self._hourly.get(slot)
         if pending is None:
