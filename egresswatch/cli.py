@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -338,14 +337,12 @@ def run(
     A kernel BPF filter passes only handshakes, DNS and what reassembly needs, so bulk
     transfers never reach Python. Stops on Ctrl-C or SIGTERM and prints its counters.
     """
-    from egresswatch.agent import pump
     from egresswatch.enrichment import EnrichingWriter, ObservationEnricher, OwnEndpoints
     from egresswatch.output import Tee
     from egresswatch.policy import load_policy
     from geo.enrich import Enricher
     from probes.errors import CaptureError, ProbeError
     from probes.live import LiveCapture
-    from probes.sensor import Sensor
 
     # A bad policy is refused before the capture opens (exit 2, file and line).
     judged = load_policy(policy_file) if policy_file is not None else None
@@ -360,34 +357,25 @@ def run(
     sinks: list[ObservationWriter] = [_writer(OutputFormat(fmt), sys.stdout)]
     if store is not None:
         sinks.append(store)
-    writer = EnrichingWriter(
-        Tee(*sinks) if store is not None else sinks[0],
-        ObservationEnricher(
-            Enricher.from_geo_dir(paths.geo_dir(geo_dir, db_path)),
-            judged,
-            own=OwnEndpoints.default(),
-        ),
+    judge = ObservationEnricher(
+        Enricher.from_geo_dir(paths.geo_dir(geo_dir, db_path)), judged, own=OwnEndpoints.default()
     )
+    writer = EnrichingWriter(Tee(*sinks) if store is not None else sinks[0], judge)
     try:
         capture = LiveCapture(list(interfaces) or None)
     except CaptureError as exc:
         _fail(str(exc), EXIT_INPUT)
-    sensor = Sensor()
-    stopping = False
+    import asyncio
+    import logging
 
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    from egresswatch.daemon import Agent, AgentConfig
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # Logs go to stderr (the journal under systemd), one line each, key facts first.
+    logging.basicConfig(level=logging.INFO, format="egresswatch: %(levelname)s %(message)s")
+
     where = ", ".join(interfaces) if interfaces else "all interfaces"
     click.echo(f"egresswatch {__version__}: capturing on {where}; Ctrl-C to stop", err=True)
-    deadline = None if duration is None else time.monotonic() + duration
     next_prune = time.monotonic() + PRUNE_SECONDS
-
-    def should_stop() -> bool:
-        return stopping or (deadline is not None and time.monotonic() >= deadline)
 
     def on_idle() -> None:
         nonlocal next_prune
@@ -398,15 +386,115 @@ def run(
                 next_prune = time.monotonic() + PRUNE_SECONDS
                 _prune(store, retention)
 
+    config = AgentConfig(
+        policy_file=policy_file,
+        geo_dir=paths.geo_dir(geo_dir, db_path),
+        status_path=_status_path(db_path) if store is not None else None,
+        duration=duration,
+        interfaces=interfaces,
+        db=_describe_db(store),
+    )
+    agent = Agent(capture, _Quiet(writer), judge, config, on_idle=on_idle)
     try:
-        pump(capture, sensor, _Quiet(writer), should_stop, on_idle=on_idle)
+        asyncio.run(agent.run())
     except ProbeError as exc:
         _fail(str(exc), EXIT_INPUT)
     finally:
-        writer.close()
         capture.close()
-        counters = {**sensor.stats(), **{f"capture.{k}": v for k, v in capture.stats().items()}}
+        counters = {
+            **agent.sensor.stats(),
+            **{f"capture.{k}": v for k, v in capture.stats().items()},
+            **agent.counters,
+        }
         _report({**counters, **_store_stats(store)}, stats)
+
+
+def _status_path(db_path: Path | None) -> Path:
+    """The agent's status file: beside its SQLite store, else in the data folder."""
+    base = db_path if db_path is not None else paths.default_db_path()
+    return base.with_name(base.name + ".status.json")
+
+
+def _describe_db(store: StoreWriter | None) -> str | None:
+    from egresswatch.store import describe
+
+    return describe(store.engine.url) if store is not None else None
+
+
+@main.command()
+@_db_option("Default: the agent's database (see run).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: the agent's whole status document.",
+)
+def status(db: str | None, fmt: str) -> None:
+    """How the running agent is doing: uptime, packets, observations, drops, violations, policy,
+    geo data age. Exit 0 when it runs, 3 when it does not (or its status is stale)."""
+    from egresswatch.output import safe_text
+
+    db_value = db or str(paths.default_db_path())
+    if "://" in db_value and not db_value.startswith("sqlite:///"):
+        msg = "status reads the file beside a local SQLite store; give its path"
+        raise click.UsageError(msg)
+    db_path = Path(db_value.removeprefix("sqlite:///") if "://" in db_value else db_value)
+    path = _status_path(db_path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        _fail(f"no status from an agent at {path} ({exc}); is egresswatch run running?", EXIT_INPUT)
+    alive = bool(doc.get("running")) and _pid_alive(int(doc.get("pid", 0)))
+    stale = time.time() - float(doc.get("updated", 0)) > 60
+    if fmt == "json":
+        click.echo(json.dumps({**doc, "alive": alive and not stale}, sort_keys=True))
+    else:
+        c = doc.get("counters", {})
+        age = doc.get("geo_data_age")
+        state = "running" if alive and not stale else ("stale" if alive else "not running")
+        lines = [
+            f"agent:        {state} (pid {doc.get('pid')}), up {_duration(doc.get('uptime', 0))}",
+            f"capturing:    {', '.join(doc.get('interfaces', []))}",
+            f"store:        {doc.get('db')}",
+            f"policy:       {doc.get('policy')}",
+            f"geo data:     {doc.get('geo_dir')}, "
+            + (f"updated {_duration(age)} ago" if age is not None else "empty"),
+            f"packets:      {c.get('frames', 0):,} frames, "
+            f"{c.get('observations', 0):,} observations",
+            f"violations:   {doc.get('violations', 0):,}",
+            f"drops:        {c.get('capture.kernel_drops', 0):,} by the kernel, "
+            f"{c.get('queue.dropped_frames', 0):,} frames by an overloaded queue",
+        ]
+        for line in lines:
+            click.echo(safe_text(line, 400))
+    if not alive or stale:
+        sys.exit(EXIT_INPUT)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
 class _Quiet:

@@ -1,0 +1,273 @@
+"""The agent behind ``egresswatch run``: capture on a thread, everything else on asyncio.
+
+::
+
+    capture thread ──batches──> bounded queue ──> sensor -> enrichment + policy -> sinks
+    (LiveCapture)               (drops counted)    (event loop: store, output, publishing)
+
+The capture thread only reads the socket and hands batches over; it never waits for the
+consumer. When the queue is full the batch is dropped and its frames counted
+(``queue.dropped_frames``): overload is visible in the counters and the status, never a stall
+that would make the kernel drop silently instead. SIGHUP reloads the policy and the geo data
+(a policy that does not load keeps the old one, and says why); SIGTERM and SIGINT stop: the
+capture reads what is still queued in its socket, the consumer finishes, the store flushes.
+
+The agent writes its status (counters, uptime, policy, geo data age) as JSON every few seconds
+to a file beside the store; ``egresswatch status`` reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from egresswatch.agent import DRAIN_SECONDS, feed
+from egresswatch.enrichment import ObservationEnricher
+from egresswatch.errors import EgressWatchError
+from egresswatch.output import ObservationWriter
+from egresswatch.policy import Policy, load_policy
+from geo.enrich import Enricher
+from probes.live import LiveCapture
+from probes.sensor import Sensor
+
+log = logging.getLogger("egresswatch.agent")
+
+QUEUE_BATCHES = 512
+"""Batches (each up to a few thousand frames) waiting for the consumer at most."""
+STATUS_SECONDS = 5.0
+"""How often the status file is rewritten."""
+READ_WAIT = 0.25
+
+
+Batch = list[tuple[float, int, bytes]]
+
+
+@dataclass
+class AgentConfig:
+    """What the agent was started with."""
+
+    policy_file: Path | None
+    """The policy to (re)load; None audits."""
+    geo_dir: Path
+    """The geo data folder to (re)load."""
+    status_path: Path | None
+    """Where the status JSON goes; None writes none."""
+    duration: float | None = None
+    """Stop after this many seconds."""
+    interfaces: tuple[str, ...] = ()
+    """What is captured (for the status)."""
+    db: str | None = None
+    """The store, password hidden (for the status)."""
+    extra_tasks: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(
+        default_factory=list
+    )
+    """Coroutines to run beside the pipeline until stop (e.g. publishing)."""
+
+
+class Agent:
+    """Runs the pipeline until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        capture: LiveCapture,
+        writer: ObservationWriter,
+        enrich: ObservationEnricher,
+        config: AgentConfig,
+        *,
+        on_idle: Callable[[], None] | None = None,
+        queue_batches: int = QUEUE_BATCHES,
+    ) -> None:
+        self.capture = capture
+        self.writer = writer
+        self.enrich = enrich
+        self.config = config
+        self.sensor = Sensor()
+        self.on_idle = on_idle
+        self.started = time.time()
+        self.counters: dict[str, int] = {
+            "queue.batches": 0,
+            "queue.dropped_batches": 0,
+            "queue.dropped_frames": 0,
+            "reloads": 0,
+            "reload_failures": 0,
+        }
+        self.policy_note = _policy_note(config.policy_file, enrich.policy)
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_batches)
+        self._stop_capture = threading.Event()
+
+    # -- the capture thread --------------------------------------------------------------------
+
+    def _capture(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while not self._stop_capture.is_set():
+                batch = self.capture.read_batch(READ_WAIT)
+                if batch:
+                    loop.call_soon_threadsafe(self._deliver, batch)
+            # What passed the filter before the stop: the last connections made.
+            until = time.monotonic() + DRAIN_SECONDS
+            while time.monotonic() < until:
+                batch = self.capture.read_batch(0)
+                if not batch:
+                    break
+                loop.call_soon_threadsafe(self._deliver, batch)
+        except Exception:
+            log.exception("capture failed")
+        finally:
+            loop.call_soon_threadsafe(self._deliver, None)
+
+    def _deliver(self, batch: Batch | None) -> None:
+        if batch is None:
+            # The end marker must arrive even into a full queue.
+            while self._queue.full():
+                dropped = self._queue.get_nowait()
+                self._count_drop(dropped)
+            self._queue.put_nowait(None)
+            return
+        try:
+            self._queue.put_nowait(batch)
+            self.counters["queue.batches"] += 1
+        except asyncio.QueueFull:
+            self._count_drop(batch)
+
+    def _count_drop(self, batch: Batch | None) -> None:
+        if batch:
+            self.counters["queue.dropped_batches"] += 1
+            self.counters["queue.dropped_frames"] += len(batch)
+
+    # -- the event loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until SIGTERM/SIGINT (or the configured duration); then drain and flush."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        thread = threading.Thread(
+            target=self._capture, args=(loop,), name="egresswatch-capture", daemon=True
+        )
+        thread.start()
+        tasks = [asyncio.create_task(self._status_loop(stop))]
+        tasks += [asyncio.create_task(make(stop)) for make in self.config.extra_tasks]
+        if self.config.duration is not None:
+            loop.call_later(self.config.duration, stop.set)
+        stopper = asyncio.create_task(self._stop_when(stop))
+        try:
+            await self._consume()
+        finally:
+            stop.set()
+            self._stop_capture.set()
+            await stopper
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for obs in self.sensor.finish():
+                self.writer.write(obs)
+            self.writer.close()
+            self.write_status(running=False)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            thread.join(timeout=DRAIN_SECONDS + 5)
+
+    async def _stop_when(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stop_capture.set()
+
+    async def _consume(self) -> None:
+        while True:
+            try:
+                batch = await asyncio.wait_for(self._queue.get(), timeout=READ_WAIT)
+            except TimeoutError:
+                for obs in self.sensor.expire(time.time()):
+                    self.writer.write(obs)
+                if self.on_idle is not None:
+                    self.on_idle()
+                continue
+            if batch is None:
+                return
+            feed(self.sensor, self.writer, batch)
+            if self._queue.empty() and self.on_idle is not None:
+                self.on_idle()
+
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.write_status(running=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=STATUS_SECONDS)
+
+    # -- reload and status ---------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: load the policy and geo data again; a bad policy keeps the old one."""
+        cfg = self.config
+        try:
+            policy = load_policy(cfg.policy_file) if cfg.policy_file is not None else None
+        except EgressWatchError as exc:
+            self.counters["reload_failures"] += 1
+            log.error("reload: keeping the policy in force: %s", exc)
+            self.policy_note = f"{self.policy_note} (reload failed: {exc})"
+            return
+        self.enrich.policy = policy
+        self.enrich.enricher = Enricher.from_geo_dir(cfg.geo_dir)
+        self.counters["reloads"] += 1
+        self.policy_note = _policy_note(cfg.policy_file, policy)
+        log.info("reloaded: %s; geo data from %s", self.policy_note, cfg.geo_dir)
+
+    def status(self, *, running: bool) -> dict[str, Any]:
+        """What ``egresswatch status`` shows."""
+        counters = {
+            **self.sensor.stats(),
+            **{f"capture.{k}": v for k, v in self.capture.stats().items()},
+            **self.counters,
+        }
+        return {
+            "pid": os.getpid(),
+            "running": running,
+            "started": self.started,
+            "updated": time.time(),
+            "uptime": time.time() - self.started,
+            "interfaces": list(self.config.interfaces) or ["all"],
+            "db": self.config.db,
+            "policy": self.policy_note,
+            "geo_dir": str(self.config.geo_dir),
+            "geo_data_age": _geo_age(self.config.geo_dir),
+            "violations": self.enrich.violations,
+            "counters": counters,
+        }
+
+    def write_status(self, *, running: bool) -> None:
+        """Replace the status file atomically (readers never see half of one)."""
+        path = self.config.status_path
+        if path is None:
+            return
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(self.status(running=running), sort_keys=True))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot write the status file %s: %s", path, exc)
+
+
+def _policy_note(path: Path | None, policy: Policy | None) -> str:
+    if path is None or policy is None:
+        return "none (audit)"
+    return f"{path} ({len(policy.rules)} rules, scope {policy.scope})"
+
+
+def _geo_age(folder: Path) -> float | None:
+    """Seconds since the newest file of the geo data folder changed; None when it has none."""
+    try:
+        times = [p.stat().st_mtime for p in folder.iterdir() if p.is_file()]
+    except OSError:
+        return None
+    return time.time() - max(times) if times else None

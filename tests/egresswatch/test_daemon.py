@@ -1,0 +1,145 @@
+"""The agent behind `egresswatch run`: SIGHUP reloads (a bad policy keeps the old one),
+`egresswatch status` reads the running agent, overload is counted, SIGTERM stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from egresswatch.daemon import Agent, AgentConfig
+from egresswatch.enrichment import ObservationEnricher
+from geo.enrich import Enricher
+from probes.observation import Observation
+from tests.netns import veth_pair, wait_for_file
+
+EGRESSWATCH = str(Path(sys.executable).with_name("egresswatch"))
+GOOD = 'version = 1\n[[rule]]\nid = "a"\naction = "deny"\nhost = "x.example"\n'
+GOOD2 = GOOD + '[[rule]]\nid = "b"\naction = "allow"\nhost = "y.example"\n'
+BROKEN = 'version = 1\n[[rule]]\nid = "a"\naction = "deny"\n'  # a rule without a selector
+
+
+def _status(db: Path) -> tuple[int, dict[str, object]]:
+    import subprocess
+
+    done = subprocess.run(
+        [EGRESSWATCH, "status", "--db", str(db), "--format", "json"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    doc = json.loads(done.stdout) if done.stdout.strip() else {}
+    return done.returncode, doc
+
+
+def _wait_status(db: Path, check: object, limit: float = 20.0) -> dict[str, object]:
+    deadline = time.monotonic() + limit
+    doc: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        _, doc = _status(db)
+        if doc and check(doc):  # type: ignore[operator]
+            return doc
+        time.sleep(0.2)
+    raise AssertionError(f"status never matched: {doc}")
+
+
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.slow
+def test_sighup_reload_status_and_clean_stop(tmp_path: Path) -> None:
+    policy, db, err = tmp_path / "policy.toml", tmp_path / "agent.db", tmp_path / "err.txt"
+    policy.write_text(GOOD)
+    with veth_pair() as pair, err.open("wb") as err_file, open(os.devnull, "wb") as out:
+        agent = pair.client.ns.popen(
+            EGRESSWATCH, "run", "-i", pair.client.ifname, "--format", "jsonl",
+            "--policy", str(policy), "--db", str(db), "--duration", "120",
+            stdout=out, stderr=err_file,
+        )  # fmt: skip
+        try:
+            wait_for_file(err, "capturing on", proc=agent)
+            doc = _wait_status(db, lambda d: d.get("running"))
+            assert "1 rules" in str(doc["policy"])
+            code, _ = _status(db)
+            assert code == 0
+
+            policy.write_text(BROKEN)
+            os.kill(agent.pid, signal.SIGHUP)
+            text = wait_for_file(err, "keeping the policy in force", proc=agent)
+            assert "selector" in text
+            doc = _wait_status(db, lambda d: d["counters"]["reload_failures"] == 1)  # type: ignore[index]
+            assert "1 rules" in str(doc["policy"]) and "reload failed" in str(doc["policy"])
+
+            policy.write_text(GOOD2)
+            os.kill(agent.pid, signal.SIGHUP)
+            doc = _wait_status(db, lambda d: d["counters"]["reloads"] == 1)  # type: ignore[index]
+            assert "2 rules" in str(doc["policy"])
+
+            os.kill(agent.pid, signal.SIGTERM)
+            assert agent.wait(timeout=30) == 0
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+    code, doc = _status(db)
+    assert code == 3
+    assert doc["running"] is False
+
+
+class _Frames:
+    """A capture stand-in that hands over prepared batches (the queue logic under test)."""
+
+    def __init__(self, batches: int) -> None:
+        self.left = batches
+
+    def read_batch(self, timeout: float) -> list[tuple[float, int, bytes]]:
+        if self.left <= 0:
+            time.sleep(min(timeout, 0.01))
+            return []
+        self.left -= 1
+        return [(time.time(), 101, b"\x45" + b"\x00" * 19)] * 10
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+class _Slow:
+    """A sink slower than the capture: overload."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def write(self, obs: Observation) -> None:
+        self.seen += 1
+
+    def close(self) -> None:
+        pass
+
+
+def test_overload_drops_are_counted_not_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    import egresswatch.daemon as daemon
+
+    # Make the consumer slow: every batch takes 5 ms to feed.
+    def slow_feed(*_: object) -> None:
+        time.sleep(0.005)
+
+    monkeypatch.setattr(daemon, "feed", slow_feed)
+    capture = _Frames(batches=400)
+    agent = Agent(
+        capture,  # type: ignore[arg-type]
+        _Slow(),
+        ObservationEnricher(Enricher()),
+        AgentConfig(policy_file=None, geo_dir=Path("/nonexistent"), status_path=None, duration=3),
+        queue_batches=8,
+    )
+    asyncio.run(agent.run())
+    c = agent.counters
+    # Every batch either went through the queue or was counted as dropped, frames included.
+    assert c["queue.batches"] + c["queue.dropped_batches"] == 400
+    assert c["queue.dropped_batches"] > 0
+    assert c["queue.dropped_frames"] == 10 * c["queue.dropped_batches"]
