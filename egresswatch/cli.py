@@ -40,13 +40,16 @@ class OutputFormat(enum.StrEnum):
 
     JSONL = "jsonl"
     TABLE = "table"
+    LIVE = "live"
 
 
 def _writer(fmt: OutputFormat, stream: IO[str]) -> ObservationWriter:
-    from egresswatch.output import JsonlWriter, TableWriter
+    from egresswatch.output import JsonlWriter, LiveWriter, TableWriter
 
     if fmt is OutputFormat.JSONL:
         return JsonlWriter(stream)
+    if fmt is OutputFormat.LIVE:
+        return LiveWriter(stream, color=stream.isatty())
     return TableWriter(stream, color=stream.isatty())
 
 
@@ -292,9 +295,10 @@ def _quiet_broken_pipe() -> None:
     "--format",
     "fmt",
     type=click.Choice([f.value for f in OutputFormat]),
-    default=OutputFormat.TABLE.value,
-    show_default=True,
-    help="How observations are printed as they happen.",
+    default=None,
+    help="How observations are printed as they happen: live (one line per new destination "
+    "with its verdict; the default on a terminal), table (every observation; the default "
+    "otherwise), jsonl (DESIGN.md contract).",
 )
 @click.option(
     "--duration",
@@ -321,7 +325,7 @@ def _quiet_broken_pipe() -> None:
 @STATS_OPTION
 def run(
     interfaces: tuple[str, ...],
-    fmt: str,
+    fmt: str | None,
     duration: float | None,
     geo_dir: Path | None,
     policy_file: Path | None,
@@ -354,6 +358,8 @@ def run(
         if "://" not in db_value:
             db_path = Path(db_value)
         store = _open_store(db_value, machine or socket.gethostname(), retention)
+    if fmt is None:
+        fmt = OutputFormat.LIVE.value if sys.stdout.isatty() else OutputFormat.TABLE.value
     sinks: list[ObservationWriter] = [_writer(OutputFormat(fmt), sys.stdout)]
     if store is not None:
         sinks.append(store)

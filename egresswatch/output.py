@@ -145,3 +145,59 @@ class Tee:
     def close(self) -> None:
         for writer in self._writers:
             writer.close()
+
+
+class LiveWriter:
+    """One line per new destination, as it is first seen: the agent's view on a terminal.
+
+    A destination is new the first time its name (or address), verdict and rule are seen
+    together, so a name that turns into a violation later shows again. Violations stand out
+    (red, and a leading ``!``), warnings are yellow; DNS questions are not shown (they name the
+    connections that follow). The set of names shown is bounded: past the limit the oldest
+    are forgotten and may show again.
+    """
+
+    MAX_SEEN = 65536
+
+    def __init__(self, stream: IO[str], *, color: bool = False) -> None:
+        self._stream = stream
+        self._color = color
+        self._seen: dict[tuple[str, str | None, str | None], None] = {}
+        self.shown = 0
+
+    def write(self, obs: Observation) -> None:
+        if obs.kind == "dns":
+            return
+        extra = obs.extra
+        name = extra.get("host") or obs.sni or obs.dst
+        verdict = extra.get("verdict")
+        key = (name, verdict, extra.get("rule"))
+        if key in self._seen:
+            return
+        self._seen[key] = None
+        if len(self._seen) > self.MAX_SEEN:
+            del self._seen[next(iter(self._seen))]
+        self.shown += 1
+        ts = obs.to_dict()["ts"][11:19]
+        mark = "!" if verdict == "violation" else " "
+        judged = f"{verdict} ({extra.get('rule')})" if verdict and extra.get("rule") else verdict
+        process = extra.get("process")
+        parts = [
+            f"{mark} {ts}",
+            f"{obs.kind:<4}",
+            safe_text(str(name), 50).ljust(50),
+            _where(extra).ljust(34),
+            safe_text(judged or "audit", 40),
+        ]
+        if process:
+            parts.append(safe_text(f"[{process}]", 30))
+        line = "  ".join(parts).rstrip()
+        if self._color and verdict in _LIVE_COLORS:
+            line = f"{_LIVE_COLORS[verdict]}{line}\x1b[0m"
+        self._stream.write(line + "\n")
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
+_LIVE_COLORS = {"violation": "\x1b[1;31m", "warn": "\x1b[33m"}
