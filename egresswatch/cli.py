@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, NoReturn, TypeVar
 import click
 
 from egresswatch import __version__, paths
-from egresswatch.errors import EXIT_INPUT, EXIT_OK, EXIT_VIOLATION, EgressWatchError
+from egresswatch.errors import EXIT_INPUT, EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, EgressWatchError
 
 # The packet and knowledge layers load only in the commands that use them, so that `report`
 # and the informational commands start quickly.
@@ -322,6 +322,14 @@ def _quiet_broken_pipe() -> None:
 @MACHINE_OPTION
 @_keep_option("90d")
 @_max_size_option("1G")
+@click.option(
+    "--user",
+    "run_as",
+    default=None,
+    metavar="NAME",
+    help="Once the capture is open, drop root to this user keeping CAP_NET_RAW only (default: "
+    "'egresswatch' when that user exists and the agent starts as root; 'root' stays root).",
+)
 @STATS_OPTION
 def run(
     interfaces: tuple[str, ...],
@@ -334,6 +342,7 @@ def run(
     machine: str | None,
     keep: str | None,
     max_db_size: str | None,
+    run_as: str | None,
     stats: bool | None,
 ) -> None:
     """Capture live and print every observation as it happens (needs root or CAP_NET_RAW).
@@ -400,6 +409,7 @@ def run(
         interfaces=interfaces,
         db=_describe_db(store),
     )
+    _drop_privileges(run_as, db_path if store is not None else None, config.status_path)
     agent = Agent(capture, _Quiet(writer), judge, config, on_idle=on_idle)
     try:
         asyncio.run(agent.run())
@@ -413,6 +423,35 @@ def run(
             **agent.counters,
         }
         _report({**counters, **_store_stats(store)}, stats)
+
+
+def _drop_privileges(run_as: str | None, db_path: Path | None, status: Path | None) -> None:
+    """Become the service user now that the capture is open (see egresswatch.privileges)."""
+    import logging
+    import pwd
+
+    from egresswatch.privileges import drop_to, store_files
+
+    log = logging.getLogger("egresswatch.agent")
+    if os.geteuid() != 0 or run_as == "root":
+        return
+    if run_as is None:
+        try:
+            pwd.getpwnam("egresswatch")
+        except KeyError:
+            log.info("running as root: no 'egresswatch' user to drop to (--user NAME names one)")
+            return
+        run_as = "egresswatch"
+    try:
+        dropped = drop_to(run_as, own=store_files(db_path, status))
+    except PermissionError as exc:
+        _fail(f"cannot hand the store to user {run_as!r}: {exc}", EXIT_USAGE)
+    log.info(
+        "running as %s (uid %d) with capabilities %#x",
+        dropped.user,
+        dropped.uid,
+        dropped.capabilities,
+    )
 
 
 def _status_path(db_path: Path | None) -> Path:

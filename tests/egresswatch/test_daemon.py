@@ -143,3 +143,58 @@ def test_overload_drops_are_counted_not_stalled(monkeypatch: pytest.MonkeyPatch)
     assert c["queue.batches"] + c["queue.dropped_batches"] == 400
     assert c["queue.dropped_batches"] > 0
     assert c["queue.dropped_frames"] == 10 * c["queue.dropped_batches"]
+
+
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.slow
+def test_drops_root_to_the_service_user_keeping_cap_net_raw_only() -> None:
+    import shutil
+    import tempfile
+
+    import dns.message
+
+    from egresswatch.privileges import CAP_NET_RAW, effective_capabilities
+
+    # Not under pytest's tmp_path: its parents are private to root, and `nobody` must reach
+    # the store.
+    folder = Path(tempfile.mkdtemp(prefix="egresswatch-drop-", dir="/tmp"))
+    db, err = folder / "agent.db", folder / "err.txt"
+    try:
+        with veth_pair() as pair, err.open("wb") as err_file, open(os.devnull, "wb") as out:
+            agent = pair.client.ns.popen(
+                EGRESSWATCH, "run", "-i", pair.client.ifname, "--format", "jsonl",
+                "--db", str(db), "--duration", "60", "--user", "nobody",
+                stdout=out, stderr=err_file,
+            )  # fmt: skip
+            try:
+                text = wait_for_file(err, "running as nobody", proc=agent)
+                status = Path(f"/proc/{agent.pid}/status").read_text()
+                uids = next(line for line in status.splitlines() if line.startswith("Uid:"))
+                assert uids.split()[1:] == ["65534"] * 4, uids
+                assert effective_capabilities(agent.pid) == 1 << CAP_NET_RAW, text
+                # It still captures and stores, as nobody.
+                with pair.client.ns.entered():
+                    import socket
+
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    try:
+                        wire = dns.message.make_query("after-drop.test", "A").to_wire()
+                        sock.sendto(wire, (pair.server.ip4, 53))
+                    finally:
+                        sock.close()
+                _wait_status(db, lambda d: d["counters"].get("observations", 0) >= 1)  # type: ignore[index]
+                os.kill(agent.pid, signal.SIGTERM)
+                assert agent.wait(timeout=30) == 0
+            finally:
+                if agent.poll() is None:
+                    agent.kill()
+                    agent.wait()
+        import sqlite3
+
+        with sqlite3.connect(db) as conn:
+            hosts = [h for (h,) in conn.execute("SELECT host FROM observations")]
+        assert "after-drop.test" in hosts
+        assert db.stat().st_uid == 65534
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
