@@ -64,6 +64,8 @@ def _missing(marker: str) -> str | None:
         return None if shutil.which(marker) else f"needs {marker} (apt install {marker})"
     if marker == "postgres":
         return _postgres_ok()
+    if marker == "mosquitto":
+        return None if shutil.which("mosquitto") else "needs mosquitto (apt install mosquitto)"
     return None
 
 
