@@ -22,6 +22,7 @@ from egresswatch.errors import EXIT_INPUT, EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from egresswatch.attribution import AttributingWriter
     from egresswatch.output import ObservationWriter
     from egresswatch.store.writer import StoreWriter
     from geo.destination import Destination
@@ -375,11 +376,13 @@ def run(
     judge = ObservationEnricher(
         Enricher.from_geo_dir(paths.geo_dir(geo_dir, db_path)), judged, own=OwnEndpoints.default()
     )
-    writer = EnrichingWriter(Tee(*sinks) if store is not None else sinks[0], judge)
     try:
         capture = LiveCapture(list(interfaces) or None)
     except CaptureError as exc:
         _fail(str(exc), EXIT_INPUT)
+    enriching = EnrichingWriter(Tee(*sinks) if store is not None else sinks[0], judge)
+    attributing = _attributing(enriching)
+    writer: ObservationWriter = attributing or enriching
     import asyncio
     import logging
 
@@ -421,8 +424,25 @@ def run(
             **agent.sensor.stats(),
             **{f"capture.{k}": v for k, v in capture.stats().items()},
             **agent.counters,
+            **(attributing.stats() if attributing is not None else {}),
         }
+        if attributing is not None:
+            attributing.shutdown()
         _report({**counters, **_store_stats(store)}, stats)
+
+
+def _attributing(writer: ObservationWriter) -> AttributingWriter | None:
+    """Process attribution before ``writer``, or None (logged) where the kernel refuses it."""
+    import logging
+
+    from egresswatch.attribution import AttributingWriter
+    from probes.errors import CaptureError
+
+    try:
+        return AttributingWriter(writer)
+    except (CaptureError, OSError) as exc:
+        logging.getLogger("egresswatch.agent").warning("no process attribution: %s", exc)
+        return None
 
 
 def _drop_privileges(run_as: str | None, db_path: Path | None, status: Path | None) -> None:
