@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from egresswatch.agent import pump
+from egresswatch.attribution import AttributingWriter
 from egresswatch.enrichment import EnrichingWriter, ObservationEnricher, OwnEndpoints
 from egresswatch.output import ObservationWriter
 from egresswatch.policy import Policy
@@ -31,6 +32,7 @@ from egresswatch.report.interface import Report, ReportFormat
 from egresswatch.report.query import Filters, ReportQuery
 from egresswatch.store.writer import StoreWriter
 from geo.enrich import Enricher
+from probes.errors import CaptureError
 from probes.live import LiveCapture
 from probes.observation import Observation
 from probes.sensor import Sensor
@@ -38,7 +40,7 @@ from probes.sensor import Sensor
 SUMMARY_ROWS = 200
 """Destinations listed in the Markdown summary at most (GitHub caps a step summary at 1 MiB)."""
 SCOPE_WHOLE_HOST = "whole host: every connection on the watched interfaces while it ran"
-"""What was judged, until connections can be attributed to the command's processes."""
+"""What was judged where connections cannot be attributed to processes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,68 @@ class CiResult:
         if self.command_status != 0:
             return self.command_status if self.command_status > 0 else 128 - self.command_status
         return 1 if self.violations else 0
+
+
+class TreeScope:
+    """Keeps the connections of one process tree (the command's); counts the rest.
+
+    A connection attributed to a process is the command's when the process, or one of its
+    ancestors, is the command. One that could not be attributed is kept (judged), since it may
+    be the command's: the scope says how many.
+    """
+
+    def __init__(self, writer: ObservationWriter) -> None:
+        self._writer = writer
+        self.root: int | None = None
+        self._inside: set[int] = set()
+        self._outside: set[int] = set()
+        self.kept = 0
+        self.unattributed = 0
+        self.left_out = 0
+
+    def write(self, obs: Observation) -> None:
+        if obs.kind != "dns" and self.root is not None:
+            pid = obs.extra.get("pid")
+            if not isinstance(pid, int):
+                self.unattributed += 1
+            elif not self._in_tree(pid):
+                self.left_out += 1
+                return
+            self.kept += 1
+        self._writer.write(obs)
+
+    def _in_tree(self, pid: int) -> bool:
+        seen: list[int] = []
+        current = pid
+        while current > 1:
+            if current == self.root or current in self._inside:
+                self._inside.update(seen)
+                return True
+            if current in self._outside:
+                break
+            seen.append(current)
+            current = _parent(current)
+        self._outside.update(seen)
+        return False
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def describe(self) -> str:
+        """What was judged, in one sentence."""
+        text = f"the command's process tree: {self.kept} connection(s) judged"
+        if self.unattributed:
+            text += f" ({self.unattributed} could not be attributed and were judged too)"
+        return text + f"; {self.left_out} from other processes left out"
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    # comm may hold spaces and parentheses: the fields resume after the last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 class _Locked:
@@ -93,7 +157,9 @@ def run_ci(
 ) -> CiResult:
     """Capture around ``command``; return its status and the judged report."""
     judge = ObservationEnricher(enricher, policy, own=OwnEndpoints.default())
-    writer = _Locked(EnrichingWriter(store, judge))
+    scope = TreeScope(EnrichingWriter(store, judge))
+    attributing = _attributing(scope)
+    writer = _Locked(attributing or scope)
     sensor = Sensor()
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -108,12 +174,14 @@ def run_ci(
     thread = threading.Thread(target=capture_thread, name="egresswatch-capture", daemon=True)
     thread.start()
     try:
-        status = _run(command)
+        status = _run(command, scope if attributing is not None else None)
     finally:
         time.sleep(grace)
         stop.set()
         thread.join()
         writer.close()
+        if attributing is not None:
+            attributing.shutdown()
     if failure:
         raise failure[0]
     if echo is not None:
@@ -127,16 +195,27 @@ def run_ci(
         with_cases=True,
         title="egresswatch ci",
     )
-    return CiResult(status, report, SCOPE_WHOLE_HOST)
+    where = scope.describe() if attributing is not None else SCOPE_WHOLE_HOST
+    return CiResult(status, report, where)
 
 
-def _run(command: Sequence[str]) -> int:
+def _attributing(writer: ObservationWriter) -> AttributingWriter | None:
     try:
-        return subprocess.run(list(command), check=False).returncode
+        return AttributingWriter(writer)
+    except (CaptureError, OSError):
+        return None  # judged on the whole host, and the scope says so
+
+
+def _run(command: Sequence[str], scope: TreeScope | None) -> int:
+    try:
+        proc = subprocess.Popen(list(command))
     except FileNotFoundError:
         return 127  # as a shell says: command not found
     except PermissionError:
         return 126
+    if scope is not None:
+        scope.root = proc.pid
+    return proc.wait()
 
 
 def write_outputs(result: CiResult, *, junit: Path | None, summary: Path | None) -> list[Path]:

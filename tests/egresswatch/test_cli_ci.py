@@ -122,3 +122,20 @@ def test_capture_that_cannot_start_runs_nothing(lab: Lab, tmp_path: Path) -> Non
     assert done.returncode == 3
     assert not marker.exists()
     assert "not run" in done.stderr.decode()
+
+
+def test_other_processes_are_left_out(lab: Lab) -> None:
+    # Another program on the same host reaches a denied name while the build runs: the build
+    # is judged on its own process tree, so the job passes and the summary says what was left.
+    script = " ".join(_curl(lab, "api.deepseek.com"))
+    other = lab.pair.client.ns.popen("sh", "-c", f"sleep 1; {script}")
+    try:
+        build = "sleep 2; " + " ".join(_curl(lab, "pypi.org"))
+        status, junit, step = _ci(lab, ["sh", "-c", build], tag="scoped")
+    finally:
+        other.wait(timeout=30)
+    assert status == 0
+    assert _cases(junit) == {("egresswatch.package-registries", "pypi.org"): False}
+    text = step.read_text()
+    assert "process tree" in text
+    assert "1 from other processes left out" in text
