@@ -36,10 +36,14 @@ def pump(
     should_stop: Callable[[], bool],
     *,
     on_idle: Callable[[], None] | None = None,
+    early: Callable[[list[tuple[float, int, bytes]]], None] | None = None,
 ) -> None:
-    """Run until ``should_stop()``; then drain the socket and finish the sensor's flows."""
+    """Run until ``should_stop()``; then drain the socket and finish the sensor's flows.
+    ``early`` sees each batch first (process attribution's look at new flows)."""
     while not should_stop():
         batch = capture.read_batch(BATCH_WAIT)
+        if batch and early is not None:
+            early(batch)
         feed(sensor, writer, batch)
         if not batch:
             for obs in sensor.expire(time.time()):

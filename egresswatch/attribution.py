@@ -10,9 +10,13 @@ usually a library's or a local stub's). What could not be attributed says why
 
 from __future__ import annotations
 
+import ipaddress
+import struct
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from typing import Literal
 
 from egresswatch.output import ObservationWriter
 from probes.observation import Observation
@@ -20,6 +24,47 @@ from probes.sockets import NotFound, Owner, SocketOwners
 
 LOOKUP_TIMEOUT = 2.0
 """Seconds one look-up may take before the connection goes on unattributed."""
+MAX_PENDING = 1024
+"""Early look-ups queued at most; past it a flood of new flows is counted, not queued."""
+
+Flow = tuple[Literal["tcp", "udp"], str, int, str, int]
+"""(transport, source address, source port, destination address, destination port)."""
+
+
+def flow_start(frame: bytes) -> Flow | None:
+    """The flow a raw IPv4/IPv6 packet opens: a TCP SYN without ACK, or a UDP datagram that
+    starts with a QUIC long header (an Initial). None for anything else."""
+    if len(frame) < 20:
+        return None
+    version = frame[0] >> 4
+    if version == 4:
+        start = (frame[0] & 0x0F) * 4
+        if struct.unpack_from("!H", frame, 6)[0] & 0x1FFF:
+            return None  # a later fragment
+        proto, src, dst = frame[9], frame[12:16], frame[16:20]
+    elif version == 6 and len(frame) >= 40:
+        start, proto, src, dst = 40, frame[6], frame[8:24], frame[24:40]
+    else:
+        return None
+    l4 = frame[start:]
+    transport: Literal["tcp", "udp"]
+    if proto == 6 and len(l4) >= 14:
+        flags = l4[13]
+        if not (flags & 0x02 and not flags & 0x10):
+            return None
+        transport = "tcp"
+    elif proto == 17 and len(l4) > 8 and l4[8] & 0xC0 == 0xC0:
+        transport = "udp"
+    else:
+        return None
+    sport, dport = struct.unpack_from("!HH", l4, 0)
+    return (
+        transport,
+        str(ipaddress.ip_address(src)),
+        sport,
+        str(ipaddress.ip_address(dst)),
+        dport,
+    )
 
 
 class AttributingWriter:
@@ -39,6 +84,30 @@ class AttributingWriter:
         self.owners = self._pool.submit(owners).result()
         self.attributed = 0
         self.unattributed = 0
+        self.early = 0
+        self.early_skipped = 0
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def prefetch(self, batch: list[tuple[float, int, bytes]]) -> None:
+        """At a flow's first packet (from the capture thread): look its owner up now, while a
+        short-lived process still holds the socket; the ClientHello's look-up finds it later."""
+        for _ts, _linktype, frame in batch:
+            flow = flow_start(frame)
+            if flow is None:
+                continue
+            with self._lock:
+                if self._pending >= MAX_PENDING:
+                    self.early_skipped += 1
+                    continue
+                self._pending += 1
+                self.early += 1
+            future = self._pool.submit(self.owners.lookup, *flow, first_packet=True)
+            future.add_done_callback(self._done)
+
+    def _done(self, _future: Future[Owner | NotFound]) -> None:
+        with self._lock:
+            self._pending -= 1
 
     def write(self, obs: Observation) -> None:
         if obs.kind != "dns":
@@ -80,5 +149,7 @@ class AttributingWriter:
         return {
             "proc.attributed": self.attributed,
             "proc.unattributed": self.unattributed,
+            "proc.early_lookups": self.early,
+            "proc.early_skipped": self.early_skipped,
             **{f"proc.{k}": v for k, v in self._pool.submit(self.owners.stats).result().items()},
         }

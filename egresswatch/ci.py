@@ -166,7 +166,13 @@ def run_ci(
 
     def capture_thread() -> None:
         try:
-            pump(capture, sensor, writer, stop.is_set)
+            pump(
+                capture,
+                sensor,
+                writer,
+                stop.is_set,
+                early=attributing.prefetch if attributing is not None else None,
+            )
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
 

@@ -413,7 +413,14 @@ def run(
         db=_describe_db(store),
     )
     _drop_privileges(run_as, db_path if store is not None else None, config.status_path)
-    agent = Agent(capture, _Quiet(writer), judge, config, on_idle=on_idle)
+    agent = Agent(
+        capture,
+        _Quiet(writer),
+        judge,
+        config,
+        on_idle=on_idle,
+        early=attributing.prefetch if attributing is not None else None,
+    )
     try:
         asyncio.run(agent.run())
     except ProbeError as exc:

@@ -85,6 +85,7 @@ class Agent:
         config: AgentConfig,
         *,
         on_idle: Callable[[], None] | None = None,
+        early: Callable[[Batch], None] | None = None,
         queue_batches: int = QUEUE_BATCHES,
     ) -> None:
         self.capture = capture
@@ -93,6 +94,8 @@ class Agent:
         self.config = config
         self.sensor = Sensor()
         self.on_idle = on_idle
+        self.early = early
+        """Called on the capture thread with each batch (process attribution's first look)."""
         self.started = time.time()
         self.counters: dict[str, int] = {
             "queue.batches": 0,
@@ -112,6 +115,8 @@ class Agent:
             while not self._stop_capture.is_set():
                 batch = self.capture.read_batch(READ_WAIT)
                 if batch:
+                    if self.early is not None:
+                        self.early(batch)
                     loop.call_soon_threadsafe(self._deliver, batch)
             # What passed the filter before the stop: the last connections made.
             until = time.monotonic() + DRAIN_SECONDS
