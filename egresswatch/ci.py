@@ -85,8 +85,12 @@ class TreeScope:
         self.left_out = 0
 
     def write(self, obs: Observation) -> None:
-        if obs.kind != "dns" and self.root is not None:
+        if obs.kind != "dns":
             pid = obs.extra.get("pid")
+            if self.root is None and isinstance(pid, int):
+                # Before the command started: someone else's.
+                self.left_out += 1
+                return
             if not isinstance(pid, int):
                 self.unattributed += 1
             elif not self._in_tree(pid):

@@ -130,17 +130,22 @@ def test_other_processes_are_left_out(lab: Lab) -> None:
     # The other program holds its connection for a while, so that it is surely attributed
     # (how short-lived clients fare is measured in bench/attribution.py).
     target = f"{lab.pair.server.ip4}:443"
+    fifo = lab.folder / "started"
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    # It connects once the build has started (the build says so through a FIFO), and holds
+    # its connection until after the build's own.
     other = lab.pair.client.ns.popen(
-        "sh", "-c", f"sleep 1; sleep 3 | openssl s_client -connect {target} "
+        "sh", "-c", f"read go < {fifo}; sleep 3 | openssl s_client -connect {target} "
         "-servername api.deepseek.com >/dev/null 2>&1",
     )  # fmt: skip
     try:
-        build = "sleep 2; " + " ".join(_curl(lab, "pypi.org"))
+        build = f"echo go > {fifo}; sleep 2; " + " ".join(_curl(lab, "pypi.org"))
         status, junit, step = _ci(lab, ["sh", "-c", build], tag="scoped")
     finally:
         other.wait(timeout=30)
-    assert status == 0
-    assert _cases(junit) == {("egresswatch.package-registries", "pypi.org"): False}
     text = step.read_text()
+    assert status == 0, text
+    assert _cases(junit) == {("egresswatch.package-registries", "pypi.org"): False}
     assert "process tree" in text
     assert "1 from other processes left out" in text
