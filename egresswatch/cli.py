@@ -110,6 +110,15 @@ def _max_size_option(default: str | None) -> Callable[[FC], FC]:
     )
 
 
+INTERFACE_OPTION = click.option(
+    "--interface",
+    "-i",
+    "interfaces",
+    multiple=True,
+    metavar="NAME",
+    help="Interface to capture on; repeatable. Default: all interfaces.",
+)
+
 STATS_OPTION = click.option(
     "--stats/--no-stats",
     default=None,
@@ -284,14 +293,7 @@ def _quiet_broken_pipe() -> None:
 
 
 @main.command()
-@click.option(
-    "--interface",
-    "-i",
-    "interfaces",
-    multiple=True,
-    metavar="NAME",
-    help="Interface to capture on; repeatable. Default: all interfaces.",
-)
+@INTERFACE_OPTION
 @click.option(
     "--format",
     "fmt",
@@ -902,14 +904,7 @@ def policy_explain(
 )
 @GEO_DIR_OPTION
 @_db_option("Default: a temporary SQLite file, deleted afterwards.")
-@click.option(
-    "--interface",
-    "-i",
-    "interfaces",
-    multiple=True,
-    metavar="NAME",
-    help="Interface to capture on; repeatable. Default: all interfaces.",
-)
+@INTERFACE_OPTION
 @click.option(
     "--grace",
     type=click.FloatRange(min=0),
