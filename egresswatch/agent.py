@@ -10,7 +10,7 @@ finishes the sensor's pending flows.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from egresswatch.output import ObservationWriter
 from probes.live import LiveCapture
@@ -27,6 +27,17 @@ def feed(sensor: Sensor, writer: ObservationWriter, batch: list[tuple[float, int
     for ts, linktype, frame in batch:
         for obs in sensor.frame(ts, linktype, frame):
             writer.write(obs)
+
+
+def drain(capture: LiveCapture) -> Iterator[list[tuple[float, int, bytes]]]:
+    """The batches still queued in the capture socket when a stop was asked for (the last
+    connections made), for at most :data:`DRAIN_SECONDS`, so a flood cannot keep it alive."""
+    until = time.monotonic() + DRAIN_SECONDS
+    while time.monotonic() < until:
+        batch = capture.read_batch(0)
+        if not batch:
+            return
+        yield batch
 
 
 def pump(
@@ -50,11 +61,7 @@ def pump(
                 writer.write(obs)
         if on_idle is not None:
             on_idle()
-    drain_until = time.monotonic() + DRAIN_SECONDS
-    while time.monotonic() < drain_until:
-        batch = capture.read_batch(0)
-        if not batch:
-            break
+    for batch in drain(capture):
         feed(sensor, writer, batch)
     for obs in sensor.finish():
         writer.write(obs)

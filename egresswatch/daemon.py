@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from egresswatch.agent import DRAIN_SECONDS, feed
+from egresswatch.agent import DRAIN_SECONDS, drain, feed
 from egresswatch.enrichment import ObservationEnricher
 from egresswatch.errors import EgressWatchError
 from egresswatch.output import ObservationWriter
@@ -119,11 +119,7 @@ class Agent:
                         self.early(batch)
                     loop.call_soon_threadsafe(self._deliver, batch)
             # What passed the filter before the stop: the last connections made.
-            until = time.monotonic() + DRAIN_SECONDS
-            while time.monotonic() < until:
-                batch = self.capture.read_batch(0)
-                if not batch:
-                    break
+            for batch in drain(self.capture):
                 loop.call_soon_threadsafe(self._deliver, batch)
         except Exception:
             log.exception("capture failed")

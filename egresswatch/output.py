@@ -12,7 +12,7 @@ import json
 import re
 from typing import IO, Any, Protocol
 
-from probes.observation import Observation
+from probes.observation import Observation, format_ts
 
 # C0, DEL, C1 controls, and the Unicode line/paragraph separators and bidi overrides that can
 # reorder or hide text on a terminal.
@@ -73,7 +73,7 @@ class TableWriter:
         if not self._wrote_header:
             self._stream.write(self._row(self.HEADER) + "\n")
             self._wrote_header = True
-        ts = obs.to_dict()["ts"][11:26]
+        ts = format_ts(obs.ts)[11:26]
         src = _endpoint(obs.src, obs.sport)
         dst = _endpoint(obs.dst, obs.dport)
         if obs.kind == "dns":
@@ -178,7 +178,7 @@ class LiveWriter:
         if len(self._seen) > self.MAX_SEEN:
             del self._seen[next(iter(self._seen))]
         self.shown += 1
-        ts = obs.to_dict()["ts"][11:19]
+        ts = format_ts(obs.ts)[11:19]
         mark = "!" if verdict == "violation" else " "
         judged = f"{verdict} ({extra.get('rule')})" if verdict and extra.get("rule") else verdict
         process = extra.get("process")

@@ -352,16 +352,6 @@ def _listing(
     return rows[:limit], int(total) - limit
 
 
-def _any(row: Any) -> tuple[Any, ...]:
-    """A result row as a plain tuple (its column types are the query's business)."""
-    return tuple(row)
-
-
-def day_of_ts(ts: float) -> int:
-    """Start of the UTC day of ``ts``."""
-    return int(ts // DAY) * DAY
-
-
 class _Facets:
     """Accumulates what every format may show beside the rows."""
 
