@@ -20,9 +20,13 @@ from egresswatch.errors import EXIT_INPUT, EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, 
 # The packet and knowledge layers load only in the commands that use them, so that `report`
 # and the informational commands start quickly.
 if TYPE_CHECKING:
+    import asyncio
+
     from sqlalchemy import Engine
 
     from egresswatch.attribution import AttributingWriter
+    from egresswatch.fleet.broker import BrokerConfig
+    from egresswatch.fleet.collector import Collector
     from egresswatch.output import ObservationWriter
     from egresswatch.store.writer import StoreWriter
     from geo.destination import Destination
@@ -34,6 +38,8 @@ FC = TypeVar("FC", bound=Callable[..., object])
 RDAP_CACHE = "rdap-cache.sqlite"
 # How often a running agent applies --keep and --max-db-size.
 PRUNE_SECONDS = 3600.0
+# How often an agent that publishes writes its hourly counts (one fleet message each time).
+FLEET_FLUSH_SECONDS = 30.0
 
 
 class OutputFormat(enum.StrEnum):
@@ -333,6 +339,15 @@ def _quiet_broken_pipe() -> None:
     help="Once the capture is open, drop root to this user keeping CAP_NET_RAW only (default: "
     "'egresswatch' when that user exists and the agent starts as root; 'root' stays root).",
 )
+@click.option(
+    "--broker",
+    default=None,
+    metavar="URL",
+    help="Also publish violations and hourly counts to this MQTT broker: mqtt://[USER@]HOST[:PORT] "
+    "or mqtts://... (TLS; a CA file in $EGRESSWATCH_BROKER_CA). The password comes from "
+    "$EGRESSWATCH_BROKER_PASSWORD. Messages wait in the store's outbox while the broker is "
+    "away, so it needs the store (not --no-db).",
+)
 @STATS_OPTION
 def run(
     interfaces: tuple[str, ...],
@@ -346,6 +361,7 @@ def run(
     keep: str | None,
     max_db_size: str | None,
     run_as: str | None,
+    broker: str | None,
     stats: bool | None,
 ) -> None:
     """Capture live and print every observation as it happens (needs root or CAP_NET_RAW).
@@ -363,20 +379,34 @@ def run(
     # A bad policy is refused before the capture opens (exit 2, file and line).
     judged = load_policy(policy_file) if policy_file is not None else None
     retention = _retention(keep, max_db_size)
+    broker_config = None
+    if broker is not None:
+        from egresswatch.fleet.broker import parse_broker_url
+
+        if no_db:
+            msg = "--broker needs the store (its outbox keeps what the broker has not taken yet)"
+            raise click.UsageError(msg)
+        broker_config = parse_broker_url(broker)
     store = None
     db_path = None
     if not no_db:
         db_value = db or str(paths.default_db_path())
         if "://" not in db_value:
             db_path = Path(db_value)
-        store = _open_store(db_value, machine or socket.gethostname(), retention)
+        store = _open_store(
+            db_value,
+            machine or socket.gethostname(),
+            retention,
+            outbox=broker_config is not None,
+        )
     if fmt is None:
         fmt = OutputFormat.LIVE.value if sys.stdout.isatty() else OutputFormat.TABLE.value
     sinks: list[ObservationWriter] = [_writer(OutputFormat(fmt), sys.stdout)]
     if store is not None:
         sinks.append(store)
+    own = OwnEndpoints.default(_broker_endpoints(broker_config))
     judge = ObservationEnricher(
-        Enricher.from_geo_dir(paths.geo_dir(geo_dir, db_path)), judged, own=OwnEndpoints.default()
+        Enricher.from_geo_dir(paths.geo_dir(geo_dir, db_path)), judged, own=own
     )
     try:
         capture = LiveCapture(list(interfaces) or None)
@@ -414,6 +444,12 @@ def run(
         interfaces=interfaces,
         db=_describe_db(store),
     )
+    if broker_config is not None and store is not None:
+        from egresswatch.fleet.publisher import Publisher
+
+        publisher = Publisher(store.engine, broker_config)
+        config.extra_tasks.append(publisher.run)
+        config.status_extra["fleet"] = publisher.status
     _drop_privileges(run_as, db_path if store is not None else None, config.status_path)
     agent = Agent(
         capture,
@@ -438,6 +474,20 @@ def run(
         if attributing is not None:
             attributing.shutdown()
         _report({**counters, **_store_stats(store)}, stats)
+
+
+def _broker_endpoints(config: BrokerConfig | None) -> frozenset[tuple[str, int]]:
+    """The broker as (name, port) and (address, port): the agent's own connections to it are
+    recorded with rule "self" whether the capture sees a name or only an address."""
+    if config is None:
+        return frozenset()
+    out = {(config.host, config.port)}
+    try:
+        infos = socket.getaddrinfo(config.host, config.port, proto=socket.IPPROTO_TCP)
+    except OSError:
+        infos = []  # not resolvable now: the name still matches (TLS SNI, DNS answers)
+    out.update((str(info[4][0]), config.port) for info in infos)
+    return frozenset(out)
 
 
 def _attributing(writer: ObservationWriter) -> AttributingWriter | None:
@@ -606,13 +656,27 @@ def _retention(keep: str | None, max_db_size: str | None) -> Retention:
 
 
 def _open_store(
-    db: str, machine: str, retention: Retention, *, flush_seconds: float = 2.0
+    db: str,
+    machine: str,
+    retention: Retention,
+    *,
+    flush_seconds: float = 2.0,
+    outbox: bool = False,
 ) -> StoreWriter:
-    """Open (create, migrate) the store, apply retention once, and return a writer for it."""
+    """Open (create, migrate) the store, apply retention once, and return a writer for it.
+
+    With ``outbox`` (publishing to a broker) hourly counts are written every
+    :data:`FLEET_FLUSH_SECONDS` instead, each flush being one fleet message; violations are
+    still written (and queued) within half a second."""
     from egresswatch.store import StoreWriter, open_engine
 
     engine = open_engine(db, notify=lambda m: click.echo(f"egresswatch: {m}", err=True))
-    writer = StoreWriter(engine, machine=machine, flush_seconds=flush_seconds)
+    writer = StoreWriter(
+        engine,
+        machine=machine,
+        flush_seconds=max(flush_seconds, FLEET_FLUSH_SECONDS) if outbox else flush_seconds,
+        outbox=outbox,
+    )
     _prune(writer, retention)
     return writer
 
@@ -626,9 +690,11 @@ def _prune(writer: StoreWriter, retention: Retention) -> None:
     writer.flush()
     result = prune(writer.engine, keep_seconds=keep, max_bytes=size, now=time.time())
     if result.removed:
+        messages = f", {result.messages:,} fleet messages" if result.messages else ""
         click.echo(
-            f"egresswatch: retention removed {result.observations:,} rows and "
-            f"{result.violations:,} violations older than {_day_text(result.before_day)} "
+            f"egresswatch: retention removed {result.observations:,} rows, "
+            f"{result.violations:,} violations{messages} older than "
+            f"{_day_text(result.before_day)} "
             f"({result.size_before / 1e6:.1f} MB -> {result.size_after / 1e6:.1f} MB)",
             err=True,
         )
@@ -971,6 +1037,136 @@ def ci(
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     sys.exit(result.exit_status)
+
+
+@main.command()
+@click.option(
+    "--broker",
+    required=True,
+    metavar="URL",
+    help="The fleet's MQTT broker: mqtt://[USER@]HOST[:PORT] or mqtts://... (TLS; a CA file in "
+    "$EGRESSWATCH_BROKER_CA). The password comes from $EGRESSWATCH_BROKER_PASSWORD.",
+)
+@click.option(
+    "--db",
+    "db",
+    required=True,
+    metavar="URL",
+    help="The fleet's database, normally postgresql://USER@HOST/DB (the password from "
+    "PGPASSWORD, not the URL); an SQLite path works for a trial. Created or migrated on start.",
+)
+@click.option(
+    "--client-id",
+    default="egresswatch-collector",
+    show_default=True,
+    help="The MQTT client id. The broker keeps what arrives for this id while the collector "
+    "is away; a second collector needs its own id (and then writes nothing twice either).",
+)
+@_keep_option("90d")
+@STATS_OPTION
+def collect(broker: str, db: str, client_id: str, keep: str | None, stats: bool | None) -> None:
+    """Write what the fleet's agents publish (run --broker) into the fleet's database.
+
+    Subscribes to egresswatch/+/violations and egresswatch/+/observations with QoS 1 in a
+    persistent session, writes each message in one transaction through the store's own code,
+    and acknowledges it only after the commit: a message is written exactly once even when the
+    broker delivers it again. Runs until SIGTERM or Ctrl-C; `report --db URL` reads the result.
+    """
+    import asyncio
+    import logging
+    import signal
+
+    from egresswatch.fleet.broker import parse_broker_url
+    from egresswatch.fleet.collector import Collector
+    from egresswatch.store import describe, open_engine
+
+    config = parse_broker_url(broker)
+    keep_seconds, _ = _retention(keep, None)
+    logging.basicConfig(level=logging.INFO, format="egresswatch: %(levelname)s %(message)s")
+    log = logging.getLogger("egresswatch.collector")
+    engine = open_engine(db, notify=lambda m: click.echo(f"egresswatch: {m}", err=True))
+    collector = Collector(engine, config, client_id=client_id, keep_seconds=keep_seconds)
+    log.info("collecting from %s into %s", config.describe(), describe(engine.url))
+
+    async def main_loop() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        housekeeping = asyncio.create_task(_collector_housekeeping(collector, stop, keep_seconds))
+        try:
+            await collector.run(stop)
+        finally:
+            stop.set()
+            await housekeeping
+
+    try:
+        asyncio.run(main_loop())
+    finally:
+        s = collector.stats
+        counters = {
+            "collector.written": s.written,
+            "collector.duplicates": s.duplicates,
+            "collector.malformed": s.malformed,
+            "collector.expired": s.expired,
+            "collector.connects": s.connects,
+            "collector.failures": s.failures,
+        }
+        log.info(
+            "stopped: %d messages written, %d duplicates dropped, %d malformed, %d expired",
+            s.written,
+            s.duplicates,
+            s.malformed,
+            s.expired,
+        )
+        if stats:
+            click.echo(json.dumps(counters, sort_keys=True), err=True)
+        engine.dispose()
+
+
+async def _collector_housekeeping(
+    collector: Collector, stop: asyncio.Event, keep_seconds: float | None
+) -> None:
+    """Every minute, log what changed; every hour, apply --keep to the fleet database."""
+    import asyncio
+    import logging
+
+    from egresswatch.fleet.broker import sleep_unless
+    from egresswatch.store.retention import prune
+
+    log = logging.getLogger("egresswatch.collector")
+    last = None
+    next_prune = 0.0
+    while not stop.is_set():
+        if keep_seconds is not None and time.monotonic() >= next_prune:
+            next_prune = time.monotonic() + PRUNE_SECONDS
+            try:
+                result = await asyncio.to_thread(
+                    prune,
+                    collector.engine,
+                    keep_seconds=keep_seconds,
+                    max_bytes=None,
+                    now=time.time(),
+                )
+            except Exception as exc:  # a failed prune must not stop collecting
+                log.warning("retention failed: %s", exc)
+            else:
+                if result.removed:
+                    log.info(
+                        "retention removed %d rows and %d violations older than %s",
+                        result.observations,
+                        result.violations,
+                        _day_text(result.before_day),
+                    )
+        s = collector.stats
+        now = (s.written, s.duplicates, s.malformed, s.expired)
+        if now != last and last is not None:
+            log.info(
+                "%d messages written, %d duplicates dropped, %d malformed, %d expired",
+                *now,
+            )
+        last = now
+        await sleep_unless(stop, 60.0)
 
 
 def _open_existing(db: str | None) -> Engine:

@@ -71,7 +71,10 @@ class AgentConfig:
     extra_tasks: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(
         default_factory=list
     )
-    """Coroutines to run beside the pipeline until stop (e.g. publishing)."""
+    """Coroutines to run beside the pipeline (e.g. publishing); the event they get is set after
+    the store's last flush."""
+    status_extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    """More entries for the status, each computed when it is written (e.g. ``fleet``)."""
 
 
 class Agent:
@@ -158,8 +161,11 @@ class Agent:
             target=self._capture, args=(loop,), name="egresswatch-capture", daemon=True
         )
         thread.start()
-        tasks = [asyncio.create_task(self._status_loop(stop))]
-        tasks += [asyncio.create_task(make(stop)) for make in self.config.extra_tasks]
+        status = asyncio.create_task(self._status_loop(stop))
+        # The extra tasks (publishing) stop after the last flush, so that they can still send
+        # what it wrote.
+        last_flushed = asyncio.Event()
+        tasks = [asyncio.create_task(make(last_flushed)) for make in self.config.extra_tasks]
         if self.config.duration is not None:
             loop.call_later(self.config.duration, stop.set)
         stopper = asyncio.create_task(self._stop_when(stop))
@@ -169,12 +175,17 @@ class Agent:
             stop.set()
             self._stop_capture.set()
             await stopper
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            for obs in self.sensor.finish():
-                self.writer.write(obs)
-            self.writer.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status
+            try:
+                for obs in self.sensor.finish():
+                    self.writer.write(obs)
+                self.writer.close()
+            finally:
+                last_flushed.set()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             self.write_status(running=False)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
@@ -244,6 +255,7 @@ class Agent:
             "geo_data_age": _geo_age(self.config.geo_dir),
             "violations": self.enrich.violations,
             "counters": counters,
+            **{name: get() for name, get in self.config.status_extra.items()},
         }
 
     def write_status(self, *, running: bool) -> None:

@@ -301,14 +301,7 @@ def test_system_call_filter_allows_what_egresswatch_calls(systemd_analyze: str, 
 
 # --- the command lines parse with today's CLI --------------------------------------------------
 
-COLLECT_PENDING = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="collect lands with issue 5's fleet work"
-)
-
-
-@pytest.mark.parametrize(
-    "unit", [AGENT, GEO, pytest.param(COLLECTOR, marks=COLLECT_PENDING)]
-)  # fmt: skip
+@pytest.mark.parametrize("unit", [AGENT, GEO, COLLECTOR])
 def test_exec_start_parses_with_the_cli(unit: str) -> None:
     binary = venv_egresswatch()
     for args in command_lines(unit):

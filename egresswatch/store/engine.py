@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from egresswatch.store.errors import StoreError, StoreVersionError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_REVISIONS = ("0001", "0002")
+SCHEMA_REVISIONS = ("0001", "0002", "0003")
 """Every schema revision, oldest first; the last is the one this version writes. Kept here so
 that opening a current store does not load Alembic (a test checks it against the scripts)."""
 

@@ -251,3 +251,57 @@ class ReviewMark(Base):
     """Seconds since the epoch of the review."""
     last_violation: Mapped[int] = mapped_column(BigInteger, default=0)
     """The highest violation id the review saw: later ids are the ones it has not."""
+
+
+class StoreInstance(Base):
+    """The store's own random id, made once when the table is created (migration 0003): with
+    the machine and an outbox id it names a published message, so that a store deleted and
+    created again (whose outbox ids start over) never collides with what it sent before."""
+
+    __tablename__ = "store_instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """Always 1: one row."""
+    instance: Mapped[str] = mapped_column(String(64))
+    """32 random hex digits."""
+    created: Mapped[float] = mapped_column(Float)
+    """Seconds since the epoch."""
+
+
+class OutboxMessage(Base):
+    """A message for the fleet's broker, written in the same transaction as the rows it
+    describes and deleted once the broker has acknowledged it (``egresswatch.fleet``)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    """Increasing, never reused (AUTOINCREMENT on SQLite), even after the rows are deleted."""
+    created: Mapped[float] = mapped_column(Float)
+    """Seconds since the epoch."""
+    machine: Mapped[str] = mapped_column(String(255))
+    """The writer's machine name (also inside the payload's rows)."""
+    topic: Mapped[str] = mapped_column(String(512))
+    """The MQTT topic, ``egresswatch/<machine>/violations`` or ``.../observations``."""
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The message body (``type`` and ``violation`` or ``rows``), without the envelope."""
+
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 - SQLAlchemy's own form
+
+
+class ReceivedMessage(Base):
+    """A fleet message already written (collector): inserted in the same transaction as its
+    rows, so a message delivered twice is written once."""
+
+    __tablename__ = "received"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instance: Mapped[str] = mapped_column(String(64))
+    """The sending store's instance id."""
+    machine: Mapped[str] = mapped_column(String(255))
+    """The sending machine."""
+    message: Mapped[int] = mapped_column(BigInteger)
+    """The outbox id in the sending store."""
+    received: Mapped[float] = mapped_column(Float)
+    """Seconds since the epoch."""
+
+    __table_args__ = (UniqueConstraint("instance", "machine", "message"),)

@@ -22,6 +22,8 @@ from egresswatch.store.models import (
     DailyRollup,
     HourlyRollup,
     ObservationAggregate,
+    OutboxMessage,
+    ReceivedMessage,
     ViolationRecord,
     WeeklyRollup,
 )
@@ -68,11 +70,14 @@ class PruneResult:
     """Bytes the store used before."""
     size_after: int
     """Bytes after."""
+    messages: int = 0
+    """Fleet messages deleted: unpublished ones in the outbox (lost to the fleet; logged) and
+    the collector's record of messages received (their rows are gone too)."""
 
     @property
     def removed(self) -> bool:
         """Anything was deleted."""
-        return bool(self.observations or self.daily or self.violations)
+        return bool(self.observations or self.daily or self.violations or self.messages)
 
 
 def store_size(conn: Connection) -> int:
@@ -98,16 +103,26 @@ def store_size(conn: Connection) -> int:
     return total
 
 
-def _delete_before(conn: Connection, week: int) -> tuple[int, int, int]:
+def _delete_before(conn: Connection, week: int) -> tuple[int, int, int, int]:
     obs = conn.execute(delete(ObservationAggregate).where(ObservationAggregate.hour < week))
     conn.execute(delete(HourlyRollup).where(HourlyRollup.hour < week))
     daily = conn.execute(delete(DailyRollup).where(DailyRollup.day < week))
     weekly = conn.execute(delete(WeeklyRollup).where(WeeklyRollup.week < week))
     conn.execute(delete(DailyFacets).where(DailyFacets.day < week))
     viol = conn.execute(delete(ViolationRecord).where(ViolationRecord.ts < week))
+    # The fleet's bookkeeping ages out with the rows it describes: a message not published
+    # by now describes rows this store no longer has, and a collector that keeps no rows of a
+    # week needs no record of the messages that brought them (it refuses older ones).
+    outbox = conn.execute(delete(OutboxMessage).where(OutboxMessage.created < week))
+    received = conn.execute(delete(ReceivedMessage).where(ReceivedMessage.received < week))
     if weekly.rowcount:
         rebuild_totals(conn)
-    return obs.rowcount, daily.rowcount + weekly.rowcount, viol.rowcount
+    return (
+        obs.rowcount,
+        daily.rowcount + weekly.rowcount,
+        viol.rowcount,
+        outbox.rowcount + received.rowcount,
+    )
 
 
 def _cutoff_for_size(conn: Connection, size: int, bound: int) -> int | None:
@@ -142,7 +157,7 @@ def prune(
 ) -> PruneResult:
     """Delete what is older than ``keep_seconds`` before ``now``, then the oldest days while
     the store is over ``max_bytes``."""
-    deleted = [0, 0, 0]
+    deleted = [0, 0, 0, 0]
     cutoff: int | None = None
     with engine.begin() as conn:
         size_before = store_size(conn)
@@ -171,4 +186,5 @@ def prune(
         cutoff if any(deleted) else None,
         size_before,
         size_after,
+        deleted[3],
     )

@@ -7,16 +7,21 @@ rollup, and keeps each violation as its own record. Every ``flush_seconds`` (or 
 them all in one transaction: upserts that add counts and widen first/last seen, and inserts
 for violations. A process killed between two flushes loses at most the last interval, and never
 leaves a half-written transaction behind: what was committed is there, whole.
+
+With ``outbox=True`` the same transaction also queues messages for the fleet's broker (one per
+violation, and the flush's hourly deltas in bounded messages) in the ``outbox`` table, which
+:mod:`egresswatch.fleet.publisher` drains: a crash never loses a message nor invents one.
+:func:`write_batch` is the writing itself, shared with :mod:`egresswatch.fleet.collector`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Table, case
+from sqlalchemy import Connection, Engine, Table, case
 from sqlalchemy.exc import SQLAlchemyError
 
 from egresswatch.store.engine import describe
@@ -35,6 +40,7 @@ from egresswatch.store.models import (
     DailyRollup,
     HourlyRollup,
     ObservationAggregate,
+    OutboxMessage,
     TotalRollup,
     ViolationRecord,
     WeeklyRollup,
@@ -43,6 +49,9 @@ from probes.observation import Observation
 
 MAX_TEXT = 4096
 """Longest text stored in a column; longer names (a crafted SNI may be 64 kB) are cut."""
+
+OUTBOX_ROWS = 200
+"""Most hourly rows in one outbox message (a message stays well under a megabyte)."""
 
 _DAILY_INDEX = tuple(AGGREGATE_COLUMNS.index(name) for name in DAILY_COLUMNS)
 _REASON = AGGREGATE_COLUMNS.index("reason")
@@ -180,8 +189,10 @@ class StoreWriter:
         violation_seconds: float = 0.5,
         max_pending: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
+        outbox: bool = False,
     ) -> None:
         self.engine = engine
+        self._outbox = outbox
         self.machine = clean_text(machine, 255) or "unknown"
         """The machine name recorded with every row."""
         self._flush_seconds = flush_seconds
@@ -225,58 +236,17 @@ class StoreWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write everything pending in one transaction."""
+        """Write everything pending in one transaction (with its outbox messages, if asked)."""
         self._last_flush = self._clock()
         if not self._hourly and not self._violations:
             return
         hourly, violations = self._hourly, self._violations
-        hourly_rollup = _roll_up(
-            (
-                (hour, tuple(values[i] for i in _DAILY_INDEX), values[_REASON], p)
-                for (hour, values), p in hourly.items()
-            )
-        )
-        daily = _roll_up(
-            ((day_of(hour), values, p.reason, p) for (hour, values), p in hourly_rollup.items())
-        )
-        weekly = _roll_up(
-            ((week_of(day), values, p.reason, p) for (day, values), p in daily.items())
-        )
-        totals = _roll_up(((0, values, p.reason, p) for (_, values), p in weekly.items()))
-        facets = _roll_up(
-            (
-                (day, tuple(values[i] for i in _FACET_INDEX), None, p)
-                for (day, values), p in daily.items()
-            )
-        )
-        hourly_rows = [
-            {
-                "hour": hour,
-                "key": digest(values),
-                **dict(zip(AGGREGATE_COLUMNS, values, strict=True)),
-                "count": p.count,
-                "first_seen": p.first,
-                "last_seen": p.last,
-            }
-            for (hour, values), p in hourly.items()
-        ]
-        hourly_rollup_rows = _rollup_rows("hour", hourly_rollup)
-        daily_rows = _rollup_rows("day", daily)
-        weekly_rows = _rollup_rows("week", weekly)
-        total_rows = _rollup_rows(None, totals)
-        facet_rows = _rollup_rows("day", facets, FACET_COLUMNS)
         try:
             with self.engine.begin() as conn:
-                if hourly_rows:
-                    conn.execute(self._upsert(ObservationAggregate.__table__, "hour"), hourly_rows)  # type: ignore[arg-type]
-                if daily_rows:
-                    conn.execute(self._upsert(HourlyRollup.__table__, "hour"), hourly_rollup_rows)  # type: ignore[arg-type]
-                    conn.execute(self._upsert(DailyRollup.__table__, "day"), daily_rows)  # type: ignore[arg-type]
-                    conn.execute(self._upsert(WeeklyRollup.__table__, "week"), weekly_rows)  # type: ignore[arg-type]
-                    conn.execute(self._upsert(TotalRollup.__table__, None), total_rows)  # type: ignore[arg-type]
-                    conn.execute(self._upsert(DailyFacets.__table__, "day"), facet_rows)  # type: ignore[arg-type]
-                if violations:
-                    conn.execute(ViolationRecord.__table__.insert(), violations)  # type: ignore[attr-defined]
+                hourly_rows = write_batch(conn, hourly, violations, postgres=self._postgres)
+                if self._outbox:
+                    messages = self._outbox_messages(hourly_rows, violations)
+                    conn.execute(OutboxMessage.__table__.insert(), messages)  # type: ignore[attr-defined]
         except SQLAlchemyError as exc:
             # Keep what is pending: the next flush tries again (a busy database, a full disk
             # that an operator frees). Bounded: past twice the limit the oldest is dropped.
@@ -312,31 +282,149 @@ class StoreWriter:
             "detail": _jsonable(obs.to_dict()),
         }
 
+    def _outbox_messages(
+        self, hourly_rows: list[dict[str, Any]], violations: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """One message per violation, and the flush's hourly deltas in messages of at most
+        :data:`OUTBOX_ROWS` rows (without the key: the collector computes it again)."""
+        now = time.time()
+        machine = self.machine
+        out = [
+            {
+                "created": now,
+                "machine": machine,
+                "topic": outbox_topic(machine, "violations"),
+                "payload": {"type": "violation", "violation": v},
+            }
+            for v in violations
+        ]
+        rows = [{k: v for k, v in row.items() if k != "key"} for row in hourly_rows]
+        out.extend(
+            {
+                "created": now,
+                "machine": machine,
+                "topic": outbox_topic(machine, "observations"),
+                "payload": {"type": "observations", "rows": rows[start : start + OUTBOX_ROWS]},
+            }
+            for start in range(0, len(rows), OUTBOX_ROWS)
+        )
+        return out
+
     def _upsert(self, table: Table, bucket: str | None) -> Any:
         """INSERT ... ON CONFLICT (bucket, key) DO UPDATE adding counts, widening the span."""
-        stmt: Any
-        if self._postgres:
-            from sqlalchemy.dialects import postgresql
+        return upsert(table, bucket, postgres=self._postgres)
 
-            stmt = postgresql.insert(table)
-        else:
-            from sqlalchemy.dialects import sqlite
 
-            stmt = sqlite.insert(table)
-        new = stmt.excluded
-        # The latest reason (on hourly rows it is part of the key, so the same one).
-        latest = {"reason": new.reason} if "reason" in table.c else {}
-        return stmt.on_conflict_do_update(
-            index_elements=[bucket, "key"] if bucket else ["key"],
-            set_={
-                **latest,
-                "count": table.c.count + new.count,
-                "first_seen": case(
-                    (new.first_seen < table.c.first_seen, new.first_seen),
-                    else_=table.c.first_seen,
-                ),
-                "last_seen": case(
-                    (new.last_seen > table.c.last_seen, new.last_seen), else_=table.c.last_seen
-                ),
-            },
+def upsert(table: Table, bucket: str | None, *, postgres: bool) -> Any:
+    """INSERT ... ON CONFLICT (bucket, key) DO UPDATE adding counts, widening the span."""
+    stmt: Any
+    if postgres:
+        from sqlalchemy.dialects import postgresql
+
+        stmt = postgresql.insert(table)
+    else:
+        from sqlalchemy.dialects import sqlite
+
+        stmt = sqlite.insert(table)
+    new = stmt.excluded
+    # The latest reason (on hourly rows it is part of the key, so the same one).
+    latest = {"reason": new.reason} if "reason" in table.c else {}
+    return stmt.on_conflict_do_update(
+        index_elements=[bucket, "key"] if bucket else ["key"],
+        set_={
+            **latest,
+            "count": table.c.count + new.count,
+            "first_seen": case(
+                (new.first_seen < table.c.first_seen, new.first_seen),
+                else_=table.c.first_seen,
+            ),
+            "last_seen": case(
+                (new.last_seen > table.c.last_seen, new.last_seen), else_=table.c.last_seen
+            ),
+        },
+    )
+
+
+Hourly = dict[tuple[int, tuple[Any, ...]], _Pending]
+"""Pending hourly counts: (hour, descriptive values in AGGREGATE_COLUMNS order) -> counts."""
+
+
+def write_batch(
+    conn: Connection,
+    hourly: Hourly,
+    violations: list[dict[str, Any]],
+    *,
+    postgres: bool,
+) -> list[dict[str, Any]]:
+    """Upsert ``hourly`` counts (and every rollup made from them) and insert ``violations``
+    in the caller's transaction; return the hourly rows written. The writer's flush and the
+    fleet collector both write through here, so a fleet database adds up the same way."""
+    hourly_rollup = _roll_up(
+        (
+            (hour, tuple(values[i] for i in _DAILY_INDEX), values[_REASON], p)
+            for (hour, values), p in hourly.items()
         )
+    )
+    daily = _roll_up(
+        ((day_of(hour), values, p.reason, p) for (hour, values), p in hourly_rollup.items())
+    )
+    weekly = _roll_up(((week_of(day), values, p.reason, p) for (day, values), p in daily.items()))
+    totals = _roll_up(((0, values, p.reason, p) for (_, values), p in weekly.items()))
+    facets = _roll_up(
+        (
+            (day, tuple(values[i] for i in _FACET_INDEX), None, p)
+            for (day, values), p in daily.items()
+        )
+    )
+    hourly_rows = [
+        {
+            "hour": hour,
+            "key": digest(values),
+            **dict(zip(AGGREGATE_COLUMNS, values, strict=True)),
+            "count": p.count,
+            "first_seen": p.first,
+            "last_seen": p.last,
+        }
+        for (hour, values), p in hourly.items()
+    ]
+    hourly_rollup_rows = _rollup_rows("hour", hourly_rollup)
+    daily_rows = _rollup_rows("day", daily)
+    weekly_rows = _rollup_rows("week", weekly)
+    total_rows = _rollup_rows(None, totals)
+    facet_rows = _rollup_rows("day", facets, FACET_COLUMNS)
+    if hourly_rows:
+        conn.execute(upsert(ObservationAggregate.__table__, "hour", postgres=postgres), hourly_rows)  # type: ignore[arg-type]
+    if daily_rows:
+        conn.execute(upsert(HourlyRollup.__table__, "hour", postgres=postgres), hourly_rollup_rows)  # type: ignore[arg-type]
+        conn.execute(upsert(DailyRollup.__table__, "day", postgres=postgres), daily_rows)  # type: ignore[arg-type]
+        conn.execute(upsert(WeeklyRollup.__table__, "week", postgres=postgres), weekly_rows)  # type: ignore[arg-type]
+        conn.execute(upsert(TotalRollup.__table__, None, postgres=postgres), total_rows)  # type: ignore[arg-type]
+        conn.execute(upsert(DailyFacets.__table__, "day", postgres=postgres), facet_rows)  # type: ignore[arg-type]
+    if violations:
+        conn.execute(ViolationRecord.__table__.insert(), violations)  # type: ignore[attr-defined]
+    return hourly_rows
+
+
+def hourly_from_rows(rows: Iterable[Mapping[str, Any]]) -> Hourly:
+    """Pending hourly counts from rows as an outbox message carries them (``hour``, the
+    :data:`AGGREGATE_COLUMNS`, ``count``, ``first_seen``, ``last_seen``); rows with the same
+    hour and values are added up. Raises KeyError or ValueError for a row that lacks one."""
+    out: Hourly = {}
+    for row in rows:
+        slot = (int(row["hour"]), tuple(row[name] for name in AGGREGATE_COLUMNS))
+        count, first, last = int(row["count"]), float(row["first_seen"]), float(row["last_seen"])
+        have = out.get(slot)
+        if have is None:
+            out[slot] = _Pending(count, first, last)
+        else:
+            have.count += count
+            have.first = min(have.first, first)
+            have.last = max(have.last, last)
+    return out
+
+
+def outbox_topic(machine: str, kind: str) -> str:
+    """``egresswatch/<machine>/<kind>``, the machine name made a valid single topic level
+    (``/``, ``+``, ``#`` and NUL become ``_``); the payload keeps the real name."""
+    level = "".join("_" if c in "/+#\x00" else c for c in machine) or "_"
+    return f"egresswatch/{level}/{kind}"

@@ -1,0 +1,281 @@
+"""Collecting every host's messages into the fleet's database.
+
+The collector subscribes to ``egresswatch/+/violations`` and ``egresswatch/+/observations``
+with QoS 1 in a persistent session (a fixed client id, clean session off), so the broker keeps
+what arrives while the collector is down. Each message is written in one transaction with its
+``(instance, machine, id)`` in the ``received`` table: a message delivered twice (QoS 1 is at
+least once; a publisher that restarts sends its unacknowledged tail again) finds its name there
+and changes nothing. The broker's PUBACK for a message is sent only after that commit, so a
+collector that stops between receiving and writing gets the message again.
+
+Rows go through :func:`egresswatch.store.writer.write_batch`, the writer's own code: the fleet
+database has the same hourly rows, rollups and violations as the hosts' stores, machine names
+taken from the messages (never from the topic alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+from sqlalchemy import Connection, Engine, Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from egresswatch.fleet.broker import (
+    OBSERVATIONS,
+    VIOLATIONS,
+    BadMessage,
+    BrokerConfig,
+    Envelope,
+    close_socket,
+    decode,
+    make_client,
+    parse_broker_url,
+    raise_if_cancelled,
+    sleep_unless,
+)
+from egresswatch.store.keys import AGGREGATE_COLUMNS
+from egresswatch.store.models import ReceivedMessage, ViolationRecord
+from egresswatch.store.writer import hourly_from_rows, write_batch
+
+log = logging.getLogger(__name__)
+
+TOPICS = (f"egresswatch/+/{VIOLATIONS}", f"egresswatch/+/{OBSERVATIONS}")
+CLIENT_ID = "egresswatch-collector"
+"""The default client id: the broker keeps this session's messages while it is away."""
+MAX_ROWS = 10_000
+"""Most hourly rows accepted in one message (the publisher sends at most 200)."""
+
+_VIOLATION_COLUMNS = (
+    *(c for c in AGGREGATE_COLUMNS if c != "qtype"),
+    "ts",
+    "sport",
+    "sni",
+    "alpn",
+    "pid",
+    "detail",
+)
+
+
+class Outcome(enum.Enum):
+    """What became of one message."""
+
+    WRITTEN = "written"
+    DUPLICATE = "duplicate"
+    MALFORMED = "malformed"
+    EXPIRED = "expired"
+
+
+@dataclass(slots=True)
+class CollectorStats:
+    """What a collector has done so far."""
+
+    written: int = 0
+    """Messages written."""
+    duplicates: int = 0
+    """Messages already written before (dropped)."""
+    malformed: int = 0
+    """Messages that were not valid (logged, dropped)."""
+    expired: int = 0
+    """Messages older than the collector keeps (dropped: retention would delete their rows,
+    and no longer knows whether it wrote them before)."""
+    connects: int = 0
+    """Successful connections to the broker."""
+    failures: int = 0
+    """Connections that failed or broke, and database errors."""
+
+
+class Collector:
+    """Writes fleet messages into ``engine`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: BrokerConfig,
+        *,
+        client_id: str = CLIENT_ID,
+        min_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        timeout: float = 10.0,
+        keep_seconds: float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.keep_seconds = keep_seconds
+        """Messages created longer ago than this are dropped (None: none is)."""
+        self.config = config
+        self.client_id = client_id
+        self._postgres = engine.url.get_backend_name() == "postgresql"
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._timeout = timeout
+        self.stats = CollectorStats()
+
+    # -- writing (synchronous: runs in a worker thread) ----------------------------------------
+
+    def handle(self, payload: bytes) -> Outcome:
+        """Write one message's rows, unless it was written before or is not valid.
+
+        Raises :class:`SQLAlchemyError` when the database fails: the message is then not
+        acknowledged, and the broker delivers it again.
+        """
+        try:
+            env = decode(payload)
+            hourly, violation = _rows(env)
+        except (BadMessage, KeyError, TypeError, ValueError) as exc:
+            log.warning("dropping a malformed message: %s", exc)
+            self.stats.malformed += 1
+            return Outcome.MALFORMED
+        if self.keep_seconds is not None and env.created < time.time() - self.keep_seconds:
+            log.warning(
+                "dropping message %d of %s (%s): older than the %.0f days kept",
+                env.message_id,
+                env.machine,
+                env.instance,
+                self.keep_seconds / 86400,
+            )
+            self.stats.expired += 1
+            return Outcome.EXPIRED
+        with self.engine.begin() as conn:
+            if not self._first_time(conn, env):
+                self.stats.duplicates += 1
+                return Outcome.DUPLICATE
+            if violation is not None:
+                conn.execute(ViolationRecord.__table__.insert(), [violation])  # type: ignore[attr-defined]
+            if hourly:
+                write_batch(conn, hourly_from_rows(hourly), [], postgres=self._postgres)
+        self.stats.written += 1
+        return Outcome.WRITTEN
+
+    def _first_time(self, conn: Connection, env: Envelope) -> bool:
+        table: Table = ReceivedMessage.__table__  # type: ignore[assignment]
+        stmt: Any
+        if self._postgres:
+            from sqlalchemy.dialects import postgresql
+
+            stmt = postgresql.insert(table)
+        else:
+            from sqlalchemy.dialects import sqlite
+
+            stmt = sqlite.insert(table)
+        stmt = stmt.values(
+            instance=env.instance,
+            machine=env.machine,
+            message=env.message_id,
+            received=time.time(),
+        ).on_conflict_do_nothing(index_elements=["instance", "machine", "message"])
+        # RETURNING, not rowcount: a driver may report -1 ("unknown") for a row not inserted.
+        return conn.execute(stmt.returning(table.c.id)).first() is not None
+
+    # -- the broker ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Collect until ``stop`` is set, reconnecting with backoff."""
+        delay = self._min_backoff
+        while not stop.is_set():
+            client = make_client(
+                self.config,
+                identifier=self.client_id,
+                clean_session=False,
+                timeout=self._timeout,
+            )
+            # Acknowledge after the commit, not on arrival (paho's default): set before the
+            # connection, because the broker sends what it kept as soon as we are in.
+            client._client.manual_ack_set(True)
+            try:
+                async with client:
+                    self.stats.connects += 1
+                    await client.subscribe([(t, 1) for t in TOPICS])
+                    log.info("collecting from %s", self.config.describe())
+                    delay = self._min_backoff
+                    await _until_stopped(self._consume(client), stop)
+            except (aiomqtt.MqttError, OSError, SQLAlchemyError) as exc:
+                self.stats.failures += 1
+                log.warning("collector: %s; retrying in %.1f s", exc, delay)
+            finally:
+                close_socket(client)
+            raise_if_cancelled()
+            if stop.is_set():
+                break
+            await sleep_unless(stop, delay)
+            delay = min(delay * 2, self._max_backoff)
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+            await asyncio.to_thread(self.handle, bytes(data))
+            if message.qos > 0:
+                client._client.ack(message.mid, message.qos)
+            raise_if_cancelled()
+
+
+def _rows(env: Envelope) -> tuple[list[Mapping[str, Any]], dict[str, Any] | None]:
+    """The hourly rows or the violation a message carries, checked against its machine."""
+    if env.type == "violation":
+        record = env.body.get("violation")
+        if not isinstance(record, dict):
+            msg = "a violation message without its record"
+            raise BadMessage(msg)
+        row = {name: record[name] for name in _VIOLATION_COLUMNS}
+        if row["machine"] != env.machine:
+            msg = f"violation of {row['machine']!r} sent as {env.machine!r}"
+            raise BadMessage(msg)
+        if not isinstance(row["ts"], int | float) or not isinstance(row["detail"], dict):
+            msg = f"bad violation record {record!r:.80}"
+            raise BadMessage(msg)
+        return [], row
+    rows = env.body.get("rows")
+    if not isinstance(rows, list) or len(rows) > MAX_ROWS:
+        msg = "an observations message without a list of rows"
+        raise BadMessage(msg)
+    for row in rows:
+        if not isinstance(row, dict) or row.get("machine") != env.machine:
+            msg = f"a row not of {env.machine!r}: {row!r:.80}"
+            raise BadMessage(msg)
+    return rows, None
+
+
+async def _until_stopped(work: Any, stop: asyncio.Event) -> None:
+    """Run the coroutine ``work`` until it ends (its exception raised) or ``stop`` is set."""
+    task = asyncio.create_task(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _cancelled(stopper)
+        if not task.done():
+            await _cancelled(task)
+    if not task.cancelled():
+        task.result()
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it, without swallowing a cancellation of our own."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+
+
+async def collect_forever(
+    broker_url: str,
+    engine: Engine,
+    *,
+    stop: asyncio.Event,
+    environ: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Collector:
+    """Collect from ``broker_url`` into ``engine`` (the fleet database) until ``stop`` is set;
+    return the collector (its ``stats``). ``options`` go to :class:`Collector`."""
+    collector = Collector(engine, parse_broker_url(broker_url, environ), **options)
+    await collector.run(stop)
+    return collector
