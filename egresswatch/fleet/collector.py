@@ -42,7 +42,7 @@ from egresswatch.fleet.broker import (
 )
 from egresswatch.store.keys import AGGREGATE_COLUMNS
 from egresswatch.store.models import ReceivedMessage, ViolationRecord
-from egresswatch.store.writer import hourly_from_rows, write_batch
+from egresswatch.store.writer import hourly_from_rows, outbox_topic, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,12 @@ class Collector:
 
     # -- writing (synchronous: runs in a worker thread) ----------------------------------------
 
-    def handle(self, payload: bytes) -> Outcome:
+    def handle(self, payload: bytes, topic: str | None = None) -> Outcome:
         """Write one message's rows, unless it was written before or is not valid.
+
+        With ``topic`` (the MQTT topic it came on), a message whose machine is not the one its
+        topic names is not valid: a broker that lets each host publish only under its own
+        topic then also keeps it from writing rows in another machine's name.
 
         Raises :class:`SQLAlchemyError` when the database fails: the message is then not
         acknowledged, and the broker delivers it again.
@@ -127,6 +131,10 @@ class Collector:
         try:
             env = decode(payload)
             hourly, violation = _rows(env)
+            kind = VIOLATIONS if env.type == "violation" else OBSERVATIONS
+            if topic is not None and topic != outbox_topic(env.machine, kind):
+                msg = f"a message of {env.machine!r} on topic {topic!r}"
+                raise BadMessage(msg)
         except (BadMessage, KeyError, TypeError, ValueError) as exc:
             log.warning("dropping a malformed message: %s", exc)
             self.stats.malformed += 1
@@ -209,7 +217,7 @@ class Collector:
         async for message in client.messages:
             payload = message.payload
             data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            await asyncio.to_thread(self.handle, bytes(data))
+            await asyncio.to_thread(self.handle, bytes(data), message.topic.value)
             if message.qos > 0:
                 client._client.ack(message.mid, message.qos)
             raise_if_cancelled()

@@ -19,7 +19,7 @@ import aiomqtt
 import pytest
 from sqlalchemy import Engine, func, select
 
-from egresswatch.fleet.broker import encode
+from egresswatch.fleet.broker import encode, parse_broker_url
 from egresswatch.fleet.collector import Collector, Outcome, collect_forever
 from egresswatch.fleet.publisher import Publisher, instance_id, publish_forever
 from egresswatch.store import StoreWriter, open_engine
@@ -329,6 +329,32 @@ def test_a_message_delivered_twice_is_counted_once(
     # Straight through handle(): the same again changes nothing.
     assert collector.handle(payloads[0]) is Outcome.DUPLICATE
     assert_same(host, fleet)
+    fleet.dispose()
+    host.dispose()
+
+
+def test_a_message_on_another_machines_topic_is_refused(tmp_path: Path) -> None:
+    # A host may publish only under its own topic (broker ACL); the collector makes that mean
+    # something by refusing a message whose machine is not the one its topic names.
+    host, writer = host_store(tmp_path / "host.db")
+    fleet = open_engine(tmp_path / "fleet.db")
+    write(writer, [violation(1)])
+    with host.connect() as conn:
+        (m,) = conn.execute(
+            select(OutboxMessage).where(OutboxMessage.topic.endswith("/violations"))
+        ).all()
+    payload = encode(
+        instance=instance_id(host), machine=m.machine, message_id=m.id, created=m.created,
+        body=m.payload,
+    )  # fmt: skip
+    collector = Collector(fleet, parse_broker_url("mqtt://127.0.0.1"))
+    assert collector.handle(payload, "egresswatch/other-host/violations") is Outcome.MALFORMED
+    assert collector.handle(payload, m.topic.replace("violations", "observations")) is (
+        Outcome.MALFORMED
+    )
+    assert count(fleet, ViolationRecord) == 0
+    assert collector.handle(payload, m.topic) is Outcome.WRITTEN
+    assert count(fleet, ViolationRecord) == 1
     fleet.dispose()
     host.dispose()
 
