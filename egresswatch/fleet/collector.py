@@ -19,7 +19,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,9 @@ class Collector:
         max_backoff: float = 30.0,
         timeout: float = 10.0,
         keep_seconds: float | None = None,
+        batch: int = 100,
     ) -> None:
+        self._batch = batch
         self.engine = engine
         self.keep_seconds = keep_seconds
         """Messages created longer ago than this are dropped (None: none is)."""
@@ -128,6 +130,60 @@ class Collector:
         Raises :class:`SQLAlchemyError` when the database fails: the message is then not
         acknowledged, and the broker delivers it again.
         """
+        return self.handle_batch([(payload, topic)])[0]
+
+    def handle_batch(self, messages: Sequence[tuple[bytes, str | None]]) -> list[Outcome]:
+        """:meth:`handle` for several messages in one transaction (one commit, one upsert of
+        their hourly rows added up): all are written or, if the database fails, none is."""
+        outcomes: list[Outcome] = []
+        todo: list[tuple[int, Envelope, list[Mapping[str, Any]], dict[str, Any] | None]] = []
+        for i, (payload, topic) in enumerate(messages):
+            outcome, parsed = self._check(payload, topic)
+            outcomes.append(outcome)
+            if parsed is not None:
+                todo.append((i, *parsed))
+        if todo:
+            # A copy within the batch is a duplicate of the first: only the first is offered.
+            seen: set[tuple[str, str, int]] = set()
+            for i, env, _, _ in todo:
+                name = (env.instance, env.machine, env.message_id)
+                if name in seen:
+                    outcomes[i] = Outcome.DUPLICATE
+                seen.add(name)
+            with self.engine.begin() as conn:
+                offered = [env for i, env, _, _ in todo if outcomes[i] is Outcome.WRITTEN]
+                new = self._first_time(conn, offered)
+                rows: list[Mapping[str, Any]] = []
+                violations: list[dict[str, Any]] = []
+                for i, env, hourly, violation in todo:
+                    if outcomes[i] is Outcome.DUPLICATE:
+                        continue
+                    if (env.instance, env.machine, env.message_id) not in new:
+                        outcomes[i] = Outcome.DUPLICATE
+                        continue
+                    rows.extend(hourly)
+                    if violation is not None:
+                        violations.append(violation)
+                if violations:
+                    conn.execute(ViolationRecord.__table__.insert(), violations)  # type: ignore[attr-defined]
+                if rows:
+                    write_batch(conn, hourly_from_rows(rows), [], postgres=self._postgres)
+        # Counted once committed: a batch that failed is delivered (and counted) again.
+        for outcome in outcomes:
+            if outcome is Outcome.WRITTEN:
+                self.stats.written += 1
+            elif outcome is Outcome.DUPLICATE:
+                self.stats.duplicates += 1
+            elif outcome is Outcome.MALFORMED:
+                self.stats.malformed += 1
+            else:
+                self.stats.expired += 1
+        return outcomes
+
+    def _check(
+        self, payload: bytes, topic: str | None
+    ) -> tuple[Outcome, tuple[Envelope, list[Mapping[str, Any]], dict[str, Any] | None] | None]:
+        """(WRITTEN, what to write) for a valid message; else its outcome and None."""
         try:
             env = decode(payload)
             hourly, violation = _rows(env)
@@ -137,8 +193,7 @@ class Collector:
                 raise BadMessage(msg)
         except (BadMessage, KeyError, TypeError, ValueError) as exc:
             log.warning("dropping a malformed message: %s", exc)
-            self.stats.malformed += 1
-            return Outcome.MALFORMED
+            return Outcome.MALFORMED, None
         if self.keep_seconds is not None and env.created < time.time() - self.keep_seconds:
             log.warning(
                 "dropping message %d of %s (%s): older than the %.0f days kept",
@@ -147,20 +202,12 @@ class Collector:
                 env.instance,
                 self.keep_seconds / 86400,
             )
-            self.stats.expired += 1
-            return Outcome.EXPIRED
-        with self.engine.begin() as conn:
-            if not self._first_time(conn, env):
-                self.stats.duplicates += 1
-                return Outcome.DUPLICATE
-            if violation is not None:
-                conn.execute(ViolationRecord.__table__.insert(), [violation])  # type: ignore[attr-defined]
-            if hourly:
-                write_batch(conn, hourly_from_rows(hourly), [], postgres=self._postgres)
-        self.stats.written += 1
-        return Outcome.WRITTEN
+            return Outcome.EXPIRED, None
+        return Outcome.WRITTEN, (env, hourly, violation)
 
-    def _first_time(self, conn: Connection, env: Envelope) -> bool:
+    def _first_time(self, conn: Connection, envs: Sequence[Envelope]) -> set[tuple[str, str, int]]:
+        """Record ``envs`` as received; return the names of those not received before (one
+        statement: INSERT ... ON CONFLICT DO NOTHING RETURNING the names inserted)."""
         table: Table = ReceivedMessage.__table__  # type: ignore[assignment]
         stmt: Any
         if self._postgres:
@@ -171,14 +218,21 @@ class Collector:
             from sqlalchemy.dialects import sqlite
 
             stmt = sqlite.insert(table)
+        now = time.time()
         stmt = stmt.values(
-            instance=env.instance,
-            machine=env.machine,
-            message=env.message_id,
-            received=time.time(),
+            [
+                {
+                    "instance": env.instance,
+                    "machine": env.machine,
+                    "message": env.message_id,
+                    "received": now,
+                }
+                for env in envs
+            ]
         ).on_conflict_do_nothing(index_elements=["instance", "machine", "message"])
         # RETURNING, not rowcount: a driver may report -1 ("unknown") for a row not inserted.
-        return conn.execute(stmt.returning(table.c.id)).first() is not None
+        stmt = stmt.returning(table.c.instance, table.c.machine, table.c.message)
+        return {(str(i), str(m), int(n)) for i, m, n in conn.execute(stmt)}
 
     # -- the broker ----------------------------------------------------------------------------
 
@@ -214,13 +268,24 @@ class Collector:
             delay = min(delay * 2, self._max_backoff)
 
     async def _consume(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload
-            data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            await asyncio.to_thread(self.handle, bytes(data), message.topic.value)
-            if message.qos > 0:
-                client._client.ack(message.mid, message.qos)
+        # What has arrived meanwhile is written in the same transaction (the broker sends up
+        # to its in-flight limit, 20 by default, before our acknowledgements).
+        async for first in client.messages:
+            batch = [first]
+            while len(client.messages) > 0 and len(batch) < self._batch:
+                batch.append(await anext(client.messages))
+            await asyncio.to_thread(
+                self.handle_batch, [(_payload(m), m.topic.value) for m in batch]
+            )
+            for message in batch:
+                if message.qos > 0:
+                    client._client.ack(message.mid, message.qos)
             raise_if_cancelled()
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    payload = message.payload
+    return bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
 
 
 def _rows(env: Envelope) -> tuple[list[Mapping[str, Any]], dict[str, Any] | None]:

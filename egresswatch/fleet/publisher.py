@@ -76,7 +76,9 @@ class Publisher:
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
         linger_seconds: float = 3.0,
+        window: int = 20,
     ) -> None:
+        self._window = window
         self.engine = engine
         self.config = config
         self._linger = linger_seconds
@@ -137,17 +139,21 @@ class Publisher:
                 continue
             acked: list[int] = []
             try:
-                for row in rows:
-                    payload = encode(
-                        instance=instance,
-                        machine=row.machine,
-                        message_id=row.id,
-                        created=row.created,
-                        body=row.payload,
+                for start in range(0, len(rows), self._window):
+                    window = rows[start : start + self._window]
+                    # QoS 1, several in flight: each publish returns once its PUBACK is in.
+                    # They go out in this order (paho sends as each is called), so the outbox
+                    # still reaches the broker in id order.
+                    results = await asyncio.gather(
+                        *(self._publish(client, instance, row) for row in window),
+                        return_exceptions=True,
                     )
-                    # QoS 1: returns once the broker's PUBACK is in.
-                    await client.publish(row.topic, payload, qos=1, timeout=self._timeout)
-                    acked.append(row.id)
+                    acked.extend(
+                        row.id for row, r in zip(window, results, strict=True) if r is None
+                    )
+                    for result in results:
+                        if isinstance(result, BaseException):
+                            raise result
                     raise_if_cancelled()
             finally:
                 if acked:
@@ -155,6 +161,16 @@ class Publisher:
                     # not sent again (a copy would only be dropped by the collector).
                     await asyncio.shield(asyncio.to_thread(self._delete, acked))
                     self.stats.published += len(acked)
+
+    async def _publish(self, client: aiomqtt.Client, instance: str, row: Any) -> None:
+        payload = encode(
+            instance=instance,
+            machine=row.machine,
+            message_id=row.id,
+            created=row.created,
+            body=row.payload,
+        )
+        await client.publish(row.topic, payload, qos=1, timeout=self._timeout)
 
     def status(self) -> dict[str, Any]:
         """For the agent's status: the broker, the counters, and what waits in the outbox."""

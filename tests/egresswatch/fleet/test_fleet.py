@@ -333,6 +333,37 @@ def test_a_message_delivered_twice_is_counted_once(
     host.dispose()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_batch_is_written_in_one_transaction_each_message_once(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    host, writer = host_store(tmp_path / "host.db")
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else tmp_path / "fleet.db"
+    fleet = open_engine(url)
+    for i in range(3):
+        write(writer, [violation(i), allowed(i)])
+    instance = instance_id(host)
+    with host.connect() as conn:
+        messages = [
+            (encode(instance=instance, machine=m.machine, message_id=m.id, created=m.created,
+                    body=m.payload), m.topic)
+            for m in conn.execute(select(OutboxMessage).order_by(OutboxMessage.id))
+        ]  # fmt: skip
+    assert len(messages) == 6
+    collector = Collector(fleet, parse_broker_url("mqtt://127.0.0.1"))
+    first = [messages[0], messages[1], messages[0], (b"{}", None), messages[2]]
+    assert collector.handle_batch(first) == [
+        Outcome.WRITTEN, Outcome.WRITTEN, Outcome.DUPLICATE, Outcome.MALFORMED, Outcome.WRITTEN,
+    ]  # fmt: skip
+    # A later batch: what was written before is a duplicate, the rest is written.
+    assert collector.handle_batch(messages) == [Outcome.DUPLICATE] * 3 + [Outcome.WRITTEN] * 3
+    assert (collector.stats.written, collector.stats.duplicates) == (6, 4)
+    assert_exactly_once(fleet, 3)
+    assert_same(host, fleet)
+    fleet.dispose()
+    host.dispose()
+
+
 def test_a_message_on_another_machines_topic_is_refused(tmp_path: Path) -> None:
     # A host may publish only under its own topic (broker ACL); the collector makes that mean
     # something by refusing a message whose machine is not the one its topic names.
