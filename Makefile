@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEMO   := demo/egresswatch-demo.pcapng
 
-.PHONY: help install run demo test lint bench clean
+.PHONY: help install run demo test lint bench soak clean
 
 help:
 	@echo "make run     start the live agent on this machine (needs root or CAP_NET_RAW)"
@@ -13,6 +13,7 @@ help:
 	@echo "make test    run the whole test suite"
 	@echo "make lint    ruff and mypy (strict)"
 	@echo "make bench   replay and live-capture benchmarks, side by side with tshark/tcpdump"
+	@echo "make soak    the live agent's memory over a one-hour soak (root, network namespaces)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,9 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+soak: install
+	$(BIN)/python bench/soak.py --duration 3600
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

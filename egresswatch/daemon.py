@@ -44,6 +44,9 @@ log = logging.getLogger("egresswatch.agent")
 
 QUEUE_BATCHES = 512
 """Batches (each up to a few thousand frames) waiting for the consumer at most."""
+QUEUE_FRAMES = 65_536
+"""Frames waiting for the consumer at most, whatever the batches: the queue's memory is bounded
+(frames that pass the filter are handshakes, DNS and fragments, rarely over a few KB)."""
 STATUS_SECONDS = 5.0
 """How often the status file is rewritten."""
 READ_WAIT = 0.25
@@ -90,6 +93,7 @@ class Agent:
         on_idle: Callable[[], None] | None = None,
         early: Callable[[Batch], None] | None = None,
         queue_batches: int = QUEUE_BATCHES,
+        queue_frames: int = QUEUE_FRAMES,
     ) -> None:
         self.capture = capture
         self.writer = writer
@@ -109,6 +113,8 @@ class Agent:
         }
         self.policy_note = _policy_note(config.policy_file, enrich.policy)
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_batches)
+        self._max_frames = queue_frames
+        self._queued_frames = 0
         self._stop_capture = threading.Event()
 
     # -- the capture thread --------------------------------------------------------------------
@@ -134,14 +140,20 @@ class Agent:
             # The end marker must arrive even into a full queue.
             while self._queue.full():
                 dropped = self._queue.get_nowait()
+                self._queued_frames -= len(dropped or ())
                 self._count_drop(dropped)
             self._queue.put_nowait(None)
             return
+        if self._queued_frames + len(batch) > self._max_frames:
+            self._count_drop(batch)
+            return
         try:
             self._queue.put_nowait(batch)
-            self.counters["queue.batches"] += 1
         except asyncio.QueueFull:
             self._count_drop(batch)
+            return
+        self._queued_frames += len(batch)
+        self.counters["queue.batches"] += 1
 
     def _count_drop(self, batch: Batch | None) -> None:
         if batch:
@@ -207,6 +219,7 @@ class Agent:
                 continue
             if batch is None:
                 return
+            self._queued_frames -= len(batch)
             feed(self.sensor, self.writer, batch)
             if self._queue.empty() and self.on_idle is not None:
                 self.on_idle()

@@ -5,7 +5,13 @@ be named by the DNS answers that preceded it. The table maps an address to the q
 whose answers held it, newest first. It is bounded twice: entries older than ``max_age``
 seconds of packet time are forgotten (a DNS answer goes stale; our observations carry no TTL,
 and a long-lived connection keeps its name from its own first packet), and the table keeps at
-most ``max_entries`` addresses, evicting the least recently answered.
+most ``max_entries`` (address, name) pairs, evicting the least recently answered addresses.
+Pairs, not addresses, because pairs are what cost memory: an address keeps up to
+:data:`MAX_NAMES_PER_ADDRESS` names, and CDN and shared-hosting addresses collect them over
+hours, so a bound on addresses alone let the table grow fourfold long after it was "full".
+Forgetting means dropping: each answer learned drops the addresses at the old end of the table
+whose newest answer has gone stale, so an agent holds only the last ``max_age`` of answers, not
+``max_entries`` of them gathered over days.
 """
 
 from __future__ import annotations
@@ -21,13 +27,24 @@ class DnsCorrelator:
 
     def __init__(self, *, max_entries: int = 65536, max_age: float = 3600.0) -> None:
         self.max_entries = max_entries
+        """(address, name) pairs held at most."""
         self.max_age = max_age
         # address -> {name: time last answered}, least recently answered address first.
         self._table: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.evicted = 0
+        """Addresses dropped to stay within ``max_entries``."""
+        self.expired = 0
+        """Addresses dropped because their newest answer was older than ``max_age``."""
+        self._pairs = 0
 
     def __len__(self) -> int:
+        """Addresses held."""
         return len(self._table)
+
+    @property
+    def pairs(self) -> int:
+        """(address, name) pairs held: what :attr:`max_entries` bounds."""
+        return self._pairs
 
     def learn(self, qname: str, addresses: Iterable[str], ts: float) -> None:
         """Remember that the answer to ``qname`` at time ``ts`` held ``addresses``."""
@@ -36,15 +53,34 @@ class DnsCorrelator:
             names = table.get(address)
             if names is None:
                 names = table[address] = {}
-                if len(table) > self.max_entries:
-                    table.popitem(last=False)
-                    self.evicted += 1
             else:
                 table.move_to_end(address)
-            names.pop(qname, None)
+            if names.pop(qname, None) is None:
+                self._pairs += 1
             names[qname] = ts
-            while len(names) > MAX_NAMES_PER_ADDRESS:
+            if len(names) > MAX_NAMES_PER_ADDRESS:
                 del names[next(iter(names))]
+                self._pairs -= 1
+            while self._pairs > self.max_entries and table:
+                _address, dropped = table.popitem(last=False)
+                self._pairs -= len(dropped)
+                self.evicted += 1
+        self._forget_stale(ts)
+
+    def _forget_stale(self, now: float) -> None:
+        # The table is in answer order, so the stale addresses are at the front and this costs
+        # one look per answer. Packet time that goes backwards (merged captures) only makes it
+        # stop early and keep a few stale ones for later.
+        table = self._table
+        cutoff = now - self.max_age
+        while table:
+            address = next(iter(table))
+            names = table[address]
+            if max(names.values()) >= cutoff:
+                return
+            del table[address]
+            self._pairs -= len(names)
+            self.expired += 1
 
     def names_for(self, address: str, now: float) -> list[str]:
         """Names answered with ``address`` within ``max_age`` of ``now``, newest first."""

@@ -33,9 +33,11 @@ class Enricher:
         *,
         cache_size: int = 65536,
     ) -> None:
-        self.matcher = matcher or HostMatcher(load_register())
+        self.matcher = matcher if matcher is not None else HostMatcher(load_register())
         self.intel = intel
-        self.correlator = correlator or DnsCorrelator()
+        # Not ``correlator or ...``: an empty correlator is falsy (it has a length), and its
+        # bounds would be silently replaced by the defaults.
+        self.correlator = correlator if correlator is not None else DnsCorrelator()
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str | None, str | None, str | None], Destination] = (
             OrderedDict()

@@ -145,6 +145,36 @@ def test_overload_drops_are_counted_not_stalled(monkeypatch: pytest.MonkeyPatch)
     assert c["queue.dropped_frames"] == 10 * c["queue.dropped_batches"]
 
 
+@pytest.mark.parametrize(("batches", "frames"), [(1000, 35), (3, 1000)])
+def test_the_queue_is_bounded_in_frames_too(
+    monkeypatch: pytest.MonkeyPatch, batches: int, frames: int
+) -> None:
+    import egresswatch.daemon as daemon
+
+    # 10 frames a batch: at most 3 batches fit under 35 frames (or under 3 batches).
+    seen: list[int] = []
+
+    def slow_feed(_sensor: object, _writer: object, batch: list[object]) -> None:
+        seen.append(agent._queued_frames)
+        time.sleep(0.005)
+
+    monkeypatch.setattr(daemon, "feed", slow_feed)
+    agent = Agent(
+        _Frames(batches=400),  # type: ignore[arg-type]
+        _Slow(),
+        ObservationEnricher(Enricher()),
+        AgentConfig(policy_file=None, geo_dir=Path("/nonexistent"), status_path=None, duration=3),
+        queue_batches=batches,
+        queue_frames=frames,
+    )
+    asyncio.run(agent.run())
+    c = agent.counters
+    assert c["queue.batches"] + c["queue.dropped_batches"] == 400
+    assert c["queue.dropped_batches"] > 0
+    assert max(seen) <= 30  # what was still queued behind the batch being fed
+    assert agent._queued_frames == 0
+
+
 @pytest.mark.root
 @pytest.mark.netns
 @pytest.mark.slow
