@@ -301,6 +301,7 @@ def test_system_call_filter_allows_what_egresswatch_calls(systemd_analyze: str, 
 
 # --- the command lines parse with today's CLI --------------------------------------------------
 
+
 @pytest.mark.parametrize("unit", [AGENT, GEO, COLLECTOR])
 def test_exec_start_parses_with_the_cli(unit: str) -> None:
     binary = venv_egresswatch()
