@@ -171,13 +171,11 @@ class VethPair:
     gso: bool
 
 
-def cleanup_stale(prefix: str = PREFIX) -> list[str]:
-    """Delete namespaces a killed test run left behind (their pid is gone); return their names.
-
-    Only names that start with ``prefix`` followed by a pid are looked at."""
+def cleanup_stale() -> list[str]:
+    """Delete namespaces a killed test run left behind (their pid is gone); return their names."""
     gone = []
-    for path in NETNS_DIR.glob(f"{prefix}*") if NETNS_DIR.is_dir() else ():
-        digits = "".join(itertools.takewhile(str.isdigit, path.name[len(prefix) :]))
+    for path in NETNS_DIR.glob(f"{PREFIX}*") if NETNS_DIR.is_dir() else ():
+        digits = "".join(itertools.takewhile(str.isdigit, path.name[len(PREFIX) :]))
         if digits and not Path(f"/proc/{digits}").exists():
             _ip("netns", "del", path.name, check=False)
             gone.append(path.name)
@@ -190,9 +188,7 @@ def _mac(ns: Netns, ifname: str) -> str:
 
 
 @contextlib.contextmanager
-def veth_pair(
-    *, mtu: int | None = None, ipv6: bool = True, gso: bool = True, prefix: str = PREFIX
-) -> Iterator[VethPair]:
+def veth_pair(*, mtu: int | None = None, ipv6: bool = True, gso: bool = True) -> Iterator[VethPair]:
     """Make a client and a server namespace joined by a veth pair; delete both afterwards.
 
     Addresses: client 10.200.0.1 / fd00:e6::1, server 10.200.0.2 / fd00:e6::2 (each pair has
@@ -200,11 +196,9 @@ def veth_pair(
     so they work at once. ``mtu`` sets both ends (default 1500). ``gso=False`` limits both ends
     to one segment per packet (``gso_max_segs 1``), so captures see wire-sized TCP segments as a
     router or the far end would, instead of the 64 KB super-packets a sender hands to its NIC.
-    ``prefix`` starts the namespaces' names (``<prefix><pid>x<n>c`` and ``...s``), so that
-    tools sharing a machine can tell theirs apart; stale ones with the same prefix are deleted.
     """
-    cleanup_stale(prefix)
-    tag = f"{prefix}{os.getpid()}x{next(_counter)}"
+    cleanup_stale()
+    tag = f"{PREFIX}{os.getpid()}x{next(_counter)}"
     client, server = Netns(f"{tag}c"), Netns(f"{tag}s")
     made: list[Netns] = []
     try:
