@@ -250,9 +250,7 @@ def main() -> None:
         f"  {'egresswatch outbox -> PostgreSQL':<34} {ours:>7.2f}s {total / ours:>11,.0f}"
         "   (exactly once, checked against the host store)"
     )
-    print(
-        f"  {'paho -> mosquitto_sub (transport)':<34} {theirs:>7.2f}s {total / theirs:>11,.0f}"
-    )
+    print(f"  {'paho -> mosquitto_sub (transport)':<34} {theirs:>7.2f}s {total / theirs:>11,.0f}")
 
 
 if __name__ == "__main__":

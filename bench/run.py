@@ -7,8 +7,13 @@
 3. Reports on a store of 10 million hourly rows and 100,000 violations (bench/store.py; built
    once and cached): each grouped report's time, next to the same grouping in plain SQL over
    the hourly rows.
-4. Live capture CPU under bulk traffic on a veth pair, next to tcpdump with the same filter
-   (needs root and network namespaces; skipped with a reason otherwise).
+4. Live capture CPU under bulk traffic on a veth pair: the ``egresswatch run`` agent next to
+   tcpdump with the same filter, download and upload, GSO on and off (bench/live_cpu.py).
+5. Handshake load: thousands of TLS and QUIC handshakes a second, each with its own name, while
+   bulk traffic runs at line rate on the same veth; every one reported by the agent or counted
+   as dropped, with tcpdump's figures beside it (bench/live_load.py).
+
+4 and 5 need root and network namespaces (skipped with a reason otherwise).
 """
 
 from __future__ import annotations
@@ -166,7 +171,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--skip-live", action="store_true", help="skip the live-capture CPU bench")
+    parser.add_argument(
+        "--skip-live", action="store_true", help="skip the live-capture benches (4 and 5)"
+    )
+    parser.add_argument(
+        "--live-size", default="512M", help="bytes per bulk transfer in 4 (K, M, G suffixes)"
+    )
+    parser.add_argument(
+        "--load-rates", default="250,1000,2500", help="handshakes/s of each kind in 5, per run"
+    )
+    parser.add_argument(
+        "--load-duration", type=float, default=10.0, help="seconds of load per rate in 5"
+    )
     parser.add_argument(
         "--sizes", default="small,medium", help="replay capture sizes: small,medium,large"
     )
@@ -183,13 +199,20 @@ def main() -> None:
     if args.skip_live:
         return
     print("\n== live capture CPU under bulk traffic, egresswatch vs tcpdump (same BPF filter) ==")
-    live = REPO / "bench" / "live_cpu.py"
+    live_bench("live_cpu.py", "--size", args.live_size)
+    print("\n== handshake load with bulk at line rate: every handshake reported or counted ==")
+    live_bench("live_load.py", "--rates", args.load_rates, "--duration", str(args.load_duration))
+
+
+def live_bench(name: str, *argv: str) -> None:
+    """Run bench/NAME (root and network namespaces; it says why when it cannot)."""
+    script = REPO / "bench" / name
     if os.geteuid() != 0:
         print("  skipped: needs root for packet sockets and network namespaces")
-    elif not live.exists():
-        print("  skipped: bench/live_cpu.py is missing")
+    elif not script.exists():
+        print(f"  skipped: bench/{name} is missing")
     else:
-        subprocess.run([sys.executable, str(live)], check=False)
+        subprocess.run([sys.executable, str(script), *argv], check=False, cwd=REPO)
 
 
 if __name__ == "__main__":

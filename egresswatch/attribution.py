@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -26,6 +27,8 @@ LOOKUP_TIMEOUT = 2.0
 """Seconds one look-up may take before the connection goes on unattributed."""
 MAX_PENDING = 1024
 """Early look-ups queued at most; past it a flood of new flows is counted, not queued."""
+MAX_LINEAGE = 4096
+"""Processes whose ancestors :attr:`AttributingWriter.lineage` keeps at most."""
 
 Flow = tuple[Literal["tcp", "udp"], str, int, str, int]
 """(transport, source address, source port, destination address, destination port)."""
@@ -88,6 +91,10 @@ class AttributingWriter:
         self.early_skipped = 0
         self._pending = 0
         self._lock = threading.Lock()
+        self.lineage: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+        """pid -> its ancestors when it was first read (:attr:`probes.sockets.Owner.ancestors`),
+        for the most recent :data:`MAX_LINEAGE` processes named: ``ci`` tells a build's
+        processes from others after they and their parents have exited."""
 
     def prefetch(self, batch: list[tuple[float, int, bytes]]) -> None:
         """At a flow's first packet (from the capture thread): look its owner up now, while a
@@ -127,6 +134,11 @@ class AttributingWriter:
             self.unattributed += 1
             return replace(obs, extra={**obs.extra, "attribution": found.reason})
         self.attributed += 1
+        if found.ancestors:
+            self.lineage[found.pid] = found.ancestors
+            self.lineage.move_to_end(found.pid)
+            if len(self.lineage) > MAX_LINEAGE:
+                self.lineage.popitem(last=False)
         extra = {
             **obs.extra,
             "pid": found.pid,

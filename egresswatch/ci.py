@@ -13,11 +13,12 @@ was a violation; else 0.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -71,13 +72,20 @@ class TreeScope:
     """Keeps the connections of one process tree (the command's); counts the rest.
 
     A connection attributed to a process is the command's when the process, or one of its
-    ancestors, is the command. One that could not be attributed is kept (judged), since it may
-    be the command's: the scope says how many.
+    ancestors, is the command, or this program (which is the command's subreaper: a daemon the
+    build left behind is reparented to it). The ancestors are those ``lineage`` recorded when
+    the process was first read, so a short-lived ``sh -c curl`` is still the command's after
+    the shell and curl have exited; past them, /proc. One that could not be attributed is kept
+    (judged), since it may be the command's: the scope says how many.
     """
 
-    def __init__(self, writer: ObservationWriter) -> None:
+    def __init__(
+        self, writer: ObservationWriter, lineage: Mapping[int, tuple[int, ...]] | None = None
+    ) -> None:
         self._writer = writer
+        self.lineage: Mapping[int, tuple[int, ...]] = lineage if lineage is not None else {}
         self.root: int | None = None
+        self._self = os.getpid()
         self._inside: set[int] = set()
         self._outside: set[int] = set()
         self.kept = 0
@@ -100,16 +108,19 @@ class TreeScope:
         self._writer.write(obs)
 
     def _in_tree(self, pid: int) -> bool:
+        if pid == self._self:
+            return False  # this program's own (a store on PostgreSQL)
         seen: list[int] = []
+        recorded = list(self.lineage.get(pid, ()))
         current = pid
         while current > 1:
-            if current == self.root or current in self._inside:
+            if current in (self.root, self._self) or current in self._inside:
                 self._inside.update(seen)
                 return True
             if current in self._outside:
                 break
             seen.append(current)
-            current = _parent(current)
+            current = recorded.pop(0) if recorded else _parent(current)
         self._outside.update(seen)
         return False
 
@@ -163,6 +174,8 @@ def run_ci(
     judge = ObservationEnricher(enricher, policy, own=OwnEndpoints.default())
     scope = TreeScope(EnrichingWriter(store, judge))
     attributing = _attributing(scope)
+    if attributing is not None:
+        scope.lineage = attributing.lineage
     writer = _Locked(attributing or scope)
     sensor = Sensor()
     stop = threading.Event()
@@ -217,6 +230,8 @@ def _attributing(writer: ObservationWriter) -> AttributingWriter | None:
 
 
 def _run(command: Sequence[str], scope: TreeScope | None) -> int:
+    if scope is not None:
+        _become_subreaper()
     try:
         proc = subprocess.Popen(list(command))
     except FileNotFoundError:
@@ -225,7 +240,33 @@ def _run(command: Sequence[str], scope: TreeScope | None) -> int:
         return 126
     if scope is not None:
         scope.root = proc.pid
-    return proc.wait()
+    status = proc.wait()
+    _reap_orphans()
+    return status
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Orphans of the command (a daemon it started) become this process's children, not
+    init's, so they stay in the command's tree (best effort: Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reap_orphans() -> None:
+    """Collect orphans of the command that have exited (as a subreaper, ours to wait for)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def write_outputs(result: CiResult, *, junit: Path | None, summary: Path | None) -> list[Path]:

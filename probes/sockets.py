@@ -109,6 +109,10 @@ class Owner:
     source: Literal["live", "remembered"] = "live"
     """``live``: read from the running process; ``remembered``: it had exited, so this is what
     an earlier /proc scan saw."""
+    ancestors: tuple[int, ...] = ()
+    """Parent, grandparent, ... (pid 1 and the kernel's 0 left out), as they were when the
+    process was first read: a build's short-lived ``sh -c curl`` is told from another program
+    even after the shell has exited (``egresswatch ci``'s process-tree scope)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,7 @@ class _Proc:
     exe: str
     uid: int
     cgroup: str
+    ancestors: tuple[int, ...] = ()
 
 
 FlowKey = tuple[str, bytes, int, bytes, int]
@@ -457,7 +462,8 @@ class SocketOwners:
         except OSError:
             return None
         exe = _link(f"{base}/exe")
-        return _Proc(start, comm, os.path.basename(exe.removesuffix(" (deleted)")), uid, cgroup)
+        exe = os.path.basename(exe.removesuffix(" (deleted)"))
+        return _Proc(start, comm, exe, uid, cgroup, _ancestors(self._proc, pid))
 
     def _describe(self, pid: int, inode: int) -> Owner | None:
         """Read ``pid`` now (an ``exec`` may have changed it since a scan); ``None`` if gone."""
@@ -476,7 +482,7 @@ class SocketOwners:
         self, pid: int, proc: _Proc, inode: int, source: Literal["live", "remembered"]
     ) -> Owner:
         return Owner(pid, proc.comm, proc.exe, proc.uid, self._user(proc.uid), proc.cgroup,
-                     inode, source)  # fmt: skip
+                     inode, source, proc.ancestors)  # fmt: skip
 
     def _user(self, uid: int) -> str:
         name = self._users.get(uid)
@@ -542,15 +548,39 @@ def _pids(proc: str) -> list[int]:
     return sorted((int(name) for name in names if name.isdigit()), reverse=True)
 
 
-def _start_time(proc: str, pid: int) -> int | None:
+MAX_ANCESTORS = 64
+"""Most ancestors read for one process (a deeper tree is cut there)."""
+
+
+def _stat_fields(proc: str, pid: int) -> list[bytes]:
+    """Fields 3 on of ``/proc/PID/stat`` (state, ppid, ...); empty when unreadable."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
-        return None
+        return []
     # comm (field 2) may hold spaces and parentheses: fields resume after the last ')'
-    fields = stat[stat.rfind(b")") + 2 :].split()
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _start_time(proc: str, pid: int) -> int | None:
+    fields = _stat_fields(proc, pid)
     return int(fields[19]) if len(fields) > 19 else None
+
+
+def _ancestors(proc: str, pid: int) -> tuple[int, ...]:
+    """The parent chain of ``pid`` up to (not including) pid 1, as far as it is readable."""
+    chain: list[int] = []
+    current = pid
+    while len(chain) < MAX_ANCESTORS:
+        fields = _stat_fields(proc, current)
+        if len(fields) < 2:
+            break
+        current = int(fields[1])
+        if current <= 1 or current in chain:
+            break
+        chain.append(current)
+    return tuple(chain)
 
 
 def _euid(status: str) -> int:

@@ -171,11 +171,13 @@ class VethPair:
     gso: bool
 
 
-def cleanup_stale() -> list[str]:
-    """Delete namespaces a killed test run left behind (their pid is gone); return their names."""
+def cleanup_stale(prefix: str = PREFIX) -> list[str]:
+    """Delete namespaces a killed test run left behind (their pid is gone); return their names.
+
+    Only names that start with ``prefix`` followed by a pid are looked at."""
     gone = []
-    for path in NETNS_DIR.glob(f"{PREFIX}*") if NETNS_DIR.is_dir() else ():
-        digits = "".join(itertools.takewhile(str.isdigit, path.name[len(PREFIX) :]))
+    for path in NETNS_DIR.glob(f"{prefix}*") if NETNS_DIR.is_dir() else ():
+        digits = "".join(itertools.takewhile(str.isdigit, path.name[len(prefix) :]))
         if digits and not Path(f"/proc/{digits}").exists():
             _ip("netns", "del", path.name, check=False)
             gone.append(path.name)
@@ -188,7 +190,9 @@ def _mac(ns: Netns, ifname: str) -> str:
 
 
 @contextlib.contextmanager
-def veth_pair(*, mtu: int | None = None, ipv6: bool = True, gso: bool = True) -> Iterator[VethPair]:
+def veth_pair(
+    *, mtu: int | None = None, ipv6: bool = True, gso: bool = True, prefix: str = PREFIX
+) -> Iterator[VethPair]:
     """Make a client and a server namespace joined by a veth pair; delete both afterwards.
 
     Addresses: client 10.200.0.1 / fd00:e6::1, server 10.200.0.2 / fd00:e6::2 (each pair has
@@ -196,9 +200,11 @@ def veth_pair(*, mtu: int | None = None, ipv6: bool = True, gso: bool = True) ->
     so they work at once. ``mtu`` sets both ends (default 1500). ``gso=False`` limits both ends
     to one segment per packet (``gso_max_segs 1``), so captures see wire-sized TCP segments as a
     router or the far end would, instead of the 64 KB super-packets a sender hands to its NIC.
+    ``prefix`` starts the namespaces' names (``<prefix><pid>x<n>c`` and ``...s``), so that
+    tools sharing a machine can tell theirs apart; stale ones with the same prefix are deleted.
     """
-    cleanup_stale()
-    tag = f"{PREFIX}{os.getpid()}x{next(_counter)}"
+    cleanup_stale(prefix)
+    tag = f"{prefix}{os.getpid()}x{next(_counter)}"
     client, server = Netns(f"{tag}c"), Netns(f"{tag}s")
     made: list[Netns] = []
     try:

@@ -8,6 +8,8 @@ Ethernet), and by the kernel (the table sent over a veth into a namespace where 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import socket
 import struct
 import subprocess
@@ -481,3 +483,123 @@ def _collect(capture: object, raws: set[bytes], *, want: int, limit: float = 5.0
                     got.add(frame)
             break
     return got
+
+
+# -- the prelude that excludes flows (with_exclusions) ------------------------------------------
+
+
+def _flow_key(packet: Packet) -> bytes:
+    raw = bytes(packet)
+    if raw[0] >> 4 == 4:
+        ihl = (raw[0] & 15) * 4
+        return raw[12:20] + raw[ihl : ihl + 4]
+    return raw[8:44]
+
+
+def exclusion_cases() -> tuple[list[bytes], list[Case]]:
+    """(excluded flow keys, packets with the verdict of the egress filter behind the prelude)."""
+    c, s = CLIENT_PORT, 443
+    v4 = _v4(_tcp(c, s, "A", RANDOM))
+    v6 = _v6(_tcp(c, s, "A", RANDOM))
+    opts = _v4(_tcp(c + 1, s, "A", RANDOM), options=b"\x01\x01\x01\x00")
+    keys = [_flow_key(v4), _flow_key(v6), _flow_key(opts)]
+    table = []
+    for family, make in (("v4", _v4), ("v6", _v6)):
+        table += [
+            Case(f"{family} excluded flow's data", make(_tcp(c, s, "A", RANDOM)), False),
+            Case(f"{family} excluded flow's record start", make(_tcp(c, s, "PA", CH_START)), False),
+            Case(f"{family} excluded flow's SYN", make(_tcp(c, s, "S")), True),
+            Case(f"{family} excluded flow's FIN", make(_tcp(c, s, "FA", RANDOM)), True),
+            Case(f"{family} excluded flow's RST", make(_tcp(c, s, "R")), True),
+            Case(f"{family} another source port", make(_tcp(c + 7, s, "A", RANDOM)), True),
+            Case(f"{family} ports swapped", make(_tcp(s, c, "PA", CH_START)), True),
+            Case(f"{family} UDP with the same ports", make(_udp(c, s, QUIC_INITIAL)), True),
+        ]
+    table += [
+        Case(
+            "v4 excluded flow with IP options",
+            _v4(_tcp(c + 1, s, "A", RANDOM), options=b"\x01\x01\x01\x00"),
+            False,
+        ),
+        Case(
+            "v4 same ports, another destination",
+            IP(src="10.200.0.1", dst="10.200.0.78", id=next(_ids)) / _tcp(c, s, "A", RANDOM),
+            True,
+        ),
+        Case(
+            "v4 same ports, another source",
+            IP(src="10.200.0.3", dst="10.200.0.77", id=next(_ids)) / _tcp(c, s, "A", RANDOM),
+            True,
+        ),
+        Case(
+            "v6 same ports, another destination",
+            IPv6(src="fd00:e6::1", dst="fd00:e6::78", fl=next(_ids)) / _tcp(c, s, "A", RANDOM),
+            True,
+        ),
+        Case(
+            "v6 same ports, another source (last word)",
+            IPv6(src="fd00:e6::3", dst="fd00:e6::77", fl=next(_ids)) / _tcp(c, s, "A", RANDOM),
+            True,
+        ),
+        Case(
+            "v4 excluded flow, later fragment", _v4(Raw(RANDOM), flags="", frag=100, proto=6), True
+        ),
+        Case(
+            "v6 excluded flow behind a hop-by-hop header",
+            _v6(IPv6ExtHdrHopByHop() / _tcp(c, s, "A", RANDOM)),
+            True,
+        ),
+    ]
+    return keys, table
+
+
+def test_exclusions_compile_to_what_the_kernel_takes() -> None:
+    base = bpf.compile_filter(bpf.FilterSettings(ephemeral_floor=FLOOR), ifindexes=[2])
+    assert bpf.with_exclusions(base, []) is base
+    keys, _table = exclusion_cases()
+    program = bpf.with_exclusions(base, keys)
+    assert program.instructions[-len(base.instructions) :] == base.instructions
+    added = len(program.instructions) - len(base.instructions)
+    assert added <= bpf.EXCLUSION_OVERHEAD + 2 * bpf.EXCLUDED_V4_INSNS + bpf.EXCLUDED_V6_INSNS
+    assert bpf.with_exclusions(base, reversed(keys)) == program  # the order does not matter
+    # As many IPv6 flows as the capacity allows, and one IPv4 flow: a valid program (the
+    # kernel may still refuse it for memory, net.core.optmem_max, but not as invalid).
+    room = bpf.exclusion_capacity(base)
+    assert room > 128
+    many = [bytes(32) + n.to_bytes(4, "big") for n in range(room - 2)] + [bytes(12)]
+    biggest = bpf.with_exclusions(base, many)
+    assert len(biggest.instructions) <= bpf.BPF_MAXINSNS
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            bpf.attach(sock, biggest)
+        except OSError as exc:
+            assert exc.errno == errno.ENOMEM, exc
+    with pytest.raises(ValueError, match="above 4096"):
+        bpf.with_exclusions(base, [*many, *(b"\xff" * 32 + bytes([0, 0, 0, n]) for n in range(3))])
+    with pytest.raises(ValueError, match="12 \\(IPv4\\) or 36 \\(IPv6\\) bytes"):
+        bpf.with_exclusions(base, [bytes(13)])
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_kernel_excludes_the_flows_and_nothing_else() -> None:
+    from tests.netns import unavailable, veth_pair
+
+    if reason := unavailable():
+        pytest.skip(reason)
+    keys, table = exclusion_cases()
+    with veth_pair() as pair:
+        with pair.server.ns.entered():
+            assert bpf.local_port_range()[0] == FLOOR, "the namespace has another port range"
+            base = bpf.compile_filter(bpf.FilterSettings(ephemeral_floor=FLOOR))
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+        with sock:
+            bpf.attach(sock, bpf.with_exclusions(base, keys))
+            sock.bind((pair.server.ifname, 0x0003))
+            sock.settimeout(0.5)
+            _send(pair, [case.packet for case in table])
+            passed: set[bytes] = set()
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    passed.add(sock.recv(1 << 16))
+    assert _report(passed, table) == []

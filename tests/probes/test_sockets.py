@@ -19,7 +19,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from probes.errors import CaptureError
-from probes.sockets import Bounded, NotFound, Owner, SocketOwners, _cgroup_v2, _start_time
+from probes.sockets import (
+    Bounded,
+    NotFound,
+    Owner,
+    SocketOwners,
+    _ancestors,
+    _cgroup_v2,
+    _start_time,
+)
 from tests.netns import veth_pair
 
 LOOPBACKS = ["127.0.0.1", "::1"]
@@ -337,3 +345,53 @@ def test_bounded_table_keeps_the_most_recently_used(
 def test_bounded_table_needs_room() -> None:
     with pytest.raises(ValueError, match="room for one entry"):
         Bounded(0)
+
+
+def _fake_proc(root: Path, parents: dict[int, int]) -> str:
+    for pid, ppid in parents.items():
+        (root / str(pid)).mkdir()
+        rest = " ".join(str(n) for n in range(5, 23))
+        (root / str(pid) / "stat").write_text(f"{pid} (sh (x)) S {ppid} {rest}\n")
+    return str(root)
+
+
+def test_ancestors_are_the_parent_chain_up_to_init(tmp_path: Path) -> None:
+    proc = _fake_proc(tmp_path, {40: 30, 30: 20, 20: 1, 50: 0})
+    assert _ancestors(proc, 40) == (30, 20)
+    assert _ancestors(proc, 20) == ()
+    assert _ancestors(proc, 50) == ()  # a child of the kernel (pid 0)
+    assert _ancestors(proc, 99) == ()  # gone
+
+
+def test_ancestors_stop_where_a_parent_is_gone_or_loops(tmp_path: Path) -> None:
+    proc = _fake_proc(tmp_path, {40: 30, 30: 25, 60: 61, 61: 60})
+    assert _ancestors(proc, 40) == (30, 25)  # 25 unreadable: the chain ends with it
+    assert _ancestors(proc, 60) == (61, 60)  # a loop (only a lying /proc) ends
+
+
+def test_an_owner_names_its_ancestors() -> None:
+    # A shell that runs a client and waits: the client's owner names the shell and this test
+    # as its ancestors.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    script = (
+        f"import socket, sys; s = socket.create_connection(('127.0.0.1', {port})); sys.stdin.read()"
+    )
+    # The client holds its connection until its stdin closes.
+    shell = subprocess.Popen(
+        ["sh", "-c", f'{sys.executable} -c "{script}"; exit 0'], stdin=subprocess.PIPE
+    )
+    try:
+        conn, peer = listener.accept()
+        with SocketOwners() as owners:
+            found = owners.lookup("tcp", "127.0.0.1", peer[1], "127.0.0.1", port)
+        assert isinstance(found, Owner), found
+        assert found.ancestors[:2] == (shell.pid, os.getpid())
+        conn.close()
+    finally:
+        assert shell.stdin is not None
+        shell.stdin.close()
+        shell.wait(20)
+        listener.close()
