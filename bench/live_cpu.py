@@ -284,7 +284,8 @@ def run_transfer(pair: VethPair, size: int, *, upload: bool, expression: str, su
         floor_cpu=used[floor.pid],
         ew_frames=counters.get("capture.received", 0),
         td_frames=captured,
-        ew_drops=counters.get("capture.kernel_drops", 0) + counters.get("queue.dropped_frames", 0),
+        ew_drops=counters.get("capture.kernel_drops", 0)
+        + counters.get("queue.dropped_observations", 0),
         td_drops=dropped,
         excluded=counters.get("capture.flows_excluded", 0),
     )

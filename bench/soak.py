@@ -744,7 +744,7 @@ def watch(
             out.writerow([
                 f"{t:.1f}", f"{sample.rss:.2f}", f"{sample.hwm:.2f}", f"{sample.anon:.2f}",
                 counters.get("frames"), counters.get("observations"), status.get("violations"),
-                counters.get("queue.dropped_frames"), counters.get("capture.kernel_drops"),
+                counters.get("queue.dropped_observations"), counters.get("capture.kernel_drops"),
                 made.get("tls_attempts"),
             ])  # fmt: skip
             fh.flush()
@@ -859,7 +859,8 @@ def report(
         print(f"  {label:<26}{gen:>11}{_n(seen):>16}{_n(kept):>10}")
     print(
         f"  client: {json.dumps(made)}\n  agent: observations {counters.get('observations')}, "
-        f"frames {counters.get('frames')}, queue drops {counters.get('queue.dropped_frames')}, "
+        f"frames {counters.get('frames')}, "
+        f"queue drops {counters.get('queue.dropped_observations')} observations, "
         f"kernel drops {counters.get('capture.kernel_drops')}"
     )
     print(f"  agent counters: {json.dumps(counters, sort_keys=True)}")

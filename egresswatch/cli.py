@@ -459,6 +459,8 @@ def run(
         on_idle=on_idle,
         early=attributing.prefetch if attributing is not None else None,
     )
+    if attributing is not None:
+        attributing.pressure = agent.behind
     try:
         asyncio.run(agent.run())
     except ProbeError as exc:
@@ -588,9 +590,18 @@ def status(db: str | None, fmt: str) -> None:
             f"packets:      {c.get('frames', 0):,} frames, "
             f"{c.get('observations', 0):,} observations",
             f"violations:   {doc.get('violations', 0):,}",
-            f"drops:        {c.get('capture.kernel_drops', 0):,} by the kernel, "
-            f"{c.get('queue.dropped_frames', 0):,} frames by an overloaded queue",
+            f"drops:        {c.get('capture.kernel_drops', 0):,} frames by the kernel; "
+            f"by an overloaded queue {c.get('queue.dropped_tls', 0):,} TLS and "
+            f"{c.get('queue.dropped_quic', 0):,} QUIC handshakes, "
+            f"{c.get('queue.dropped_dns', 0):,} DNS answers",
         ]
+        if "proc.attributed" in c:
+            named, unnamed = c.get("proc.attributed", 0), c.get("proc.unattributed", 0)
+            rate = f"{named / (named + unnamed):.0%}" if named + unnamed else "-"
+            lines.append(
+                f"processes:    {rate} of connections attributed ({c.get('proc.busy', 0):,} "
+                "left unattributed to keep up)"
+            )
         for line in lines:
             click.echo(safe_text(line, 400))
     if not alive or stale:

@@ -1,16 +1,21 @@
-"""The agent behind ``egresswatch run``: capture on a thread, everything else on asyncio.
+"""The agent behind ``egresswatch run``: capture and sensing on a thread, the rest on asyncio.
 
 ::
 
-    capture thread ──batches──> bounded queue ──> sensor -> enrichment + policy -> sinks
-    (LiveCapture)               (drops counted)    (event loop: store, output, publishing)
+    capture thread ────────────────> bounded queue ──> enrichment + policy -> sinks
+    (LiveCapture -> Sensor)  observations (drops     (event loop: store, output, publishing)
+                                       counted)
 
-The capture thread only reads the socket and hands batches over; it never waits for the
-consumer. When the queue is full the batch is dropped and its frames counted
-(``queue.dropped_frames``): overload is visible in the counters and the status, never a stall
-that would make the kernel drop silently instead. SIGHUP reloads the policy and the geo data
-(a policy that does not load keeps the old one, and says why); SIGTERM and SIGINT stop: the
-capture reads what is still queued in its socket, the consumer finishes, the store flushes.
+The capture thread reads the socket, looks new flows up for process attribution, and runs the
+sensor, so what crosses the queue is observations: handshakes and DNS answers, not frames.
+It never waits for the consumer. When the queue is full the observations are dropped and
+counted by kind (``queue.dropped_tls``, ``queue.dropped_quic``, ``queue.dropped_dns``): under
+overload the agent says exactly which handshakes it did not judge, rather than stall (which
+would make the kernel drop frames instead, uncounted by handshake). Before it comes to that,
+process attribution sheds its look-ups (:meth:`Agent.behind`). SIGHUP reloads the policy and
+the geo data (a policy that does not load keeps the old one, and says why); SIGTERM and SIGINT
+stop: the capture reads what is still queued in its socket, the sensor finishes its flows, the
+consumer finishes, the store flushes.
 
 The agent writes its status (counters, uptime, policy, geo data age) as JSON every few seconds
 to a file beside the store; ``egresswatch status`` reads it.
@@ -31,28 +36,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from egresswatch.agent import DRAIN_SECONDS, drain, feed
+from egresswatch.agent import DRAIN_SECONDS, drain
 from egresswatch.enrichment import ObservationEnricher
 from egresswatch.errors import EgressWatchError
 from egresswatch.output import ObservationWriter
 from egresswatch.policy import Policy, load_policy
 from geo.enrich import Enricher
 from probes.live import LiveCapture
+from probes.observation import Observation
 from probes.sensor import Sensor
 
 log = logging.getLogger("egresswatch.agent")
 
 QUEUE_BATCHES = 512
-"""Batches (each up to a few thousand frames) waiting for the consumer at most."""
-QUEUE_FRAMES = 65_536
-"""Frames waiting for the consumer at most, whatever the batches: the queue's memory is bounded
-(frames that pass the filter are handshakes, DNS and fragments, rarely over a few KB)."""
+"""Batches (the observations of one read of the capture) waiting for the consumer at most."""
+QUEUE_OBSERVATIONS = 16_384
+"""Observations waiting for the consumer at most, whatever the batches (each a few KB at most,
+with its ClientHello's fields)."""
 STATUS_SECONDS = 5.0
 """How often the status file is rewritten."""
 READ_WAIT = 0.25
 
 
 Batch = list[tuple[float, int, bytes]]
+Observations = list[Observation]
+
+
+def observe(sensor: Sensor, batch: Batch) -> Observations:
+    """What the frames of ``batch`` complete."""
+    out: Observations = []
+    for ts, linktype, frame in batch:
+        out.extend(sensor.frame(ts, linktype, frame))
+    return out
 
 
 @dataclass
@@ -93,7 +108,7 @@ class Agent:
         on_idle: Callable[[], None] | None = None,
         early: Callable[[Batch], None] | None = None,
         queue_batches: int = QUEUE_BATCHES,
-        queue_frames: int = QUEUE_FRAMES,
+        queue_observations: int = QUEUE_OBSERVATIONS,
     ) -> None:
         self.capture = capture
         self.writer = writer
@@ -107,44 +122,63 @@ class Agent:
         self.counters: dict[str, int] = {
             "queue.batches": 0,
             "queue.dropped_batches": 0,
-            "queue.dropped_frames": 0,
+            "queue.dropped_observations": 0,
+            "queue.dropped_tls": 0,
+            "queue.dropped_quic": 0,
+            "queue.dropped_dns": 0,
             "reloads": 0,
             "reload_failures": 0,
         }
         self.policy_note = _policy_note(config.policy_file, enrich.policy)
-        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_batches)
-        self._max_frames = queue_frames
-        self._queued_frames = 0
+        self._queue: asyncio.Queue[Observations | None] = asyncio.Queue(maxsize=queue_batches)
+        self._max_queued = queue_observations
+        self._queued = 0
         self._stop_capture = threading.Event()
+
+    def behind(self) -> bool:
+        """Whether the queue is an eighth full (from any thread): optional work (process
+        attribution) is shed then, before the queue must drop observations."""
+        return (
+            self._queued > self._max_queued // 8 or self._queue.qsize() > self._queue.maxsize // 8
+        )
 
     # -- the capture thread --------------------------------------------------------------------
 
     def _capture(self, loop: asyncio.AbstractEventLoop) -> None:
+        sensor = self.sensor
+        deliver = self._deliver
         try:
             while not self._stop_capture.is_set():
                 batch = self.capture.read_batch(READ_WAIT)
                 if batch:
                     if self.early is not None:
                         self.early(batch)
-                    loop.call_soon_threadsafe(self._deliver, batch)
+                    found = observe(sensor, batch)
+                else:
+                    found = list(sensor.expire(time.time()))
+                if found:
+                    loop.call_soon_threadsafe(deliver, found)
             # What passed the filter before the stop: the last connections made.
             for batch in drain(self.capture):
-                loop.call_soon_threadsafe(self._deliver, batch)
+                loop.call_soon_threadsafe(deliver, observe(sensor, batch))
+            loop.call_soon_threadsafe(deliver, list(sensor.finish()))
         except Exception:
             log.exception("capture failed")
         finally:
-            loop.call_soon_threadsafe(self._deliver, None)
+            loop.call_soon_threadsafe(deliver, None)
 
-    def _deliver(self, batch: Batch | None) -> None:
+    def _deliver(self, batch: Observations | None) -> None:
         if batch is None:
             # The end marker must arrive even into a full queue.
             while self._queue.full():
                 dropped = self._queue.get_nowait()
-                self._queued_frames -= len(dropped or ())
+                self._queued -= len(dropped or ())
                 self._count_drop(dropped)
             self._queue.put_nowait(None)
             return
-        if self._queued_frames + len(batch) > self._max_frames:
+        if not batch:
+            return
+        if self._queued + len(batch) > self._max_queued:
             self._count_drop(batch)
             return
         try:
@@ -152,13 +186,18 @@ class Agent:
         except asyncio.QueueFull:
             self._count_drop(batch)
             return
-        self._queued_frames += len(batch)
+        self._queued += len(batch)
         self.counters["queue.batches"] += 1
 
-    def _count_drop(self, batch: Batch | None) -> None:
-        if batch:
-            self.counters["queue.dropped_batches"] += 1
-            self.counters["queue.dropped_frames"] += len(batch)
+    def _count_drop(self, batch: Observations | None) -> None:
+        if not batch:
+            return
+        counters = self.counters
+        counters["queue.dropped_batches"] += 1
+        counters["queue.dropped_observations"] += len(batch)
+        for obs in batch:
+            counters[f"queue.dropped_{obs.kind}"] += 1
+        log.debug("queue full: dropped %d observations", len(batch))
 
     # -- the event loop ------------------------------------------------------------------------
 
@@ -190,8 +229,6 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await status
             try:
-                for obs in self.sensor.finish():
-                    self.writer.write(obs)
                 self.writer.close()
             finally:
                 last_flushed.set()
@@ -208,19 +245,19 @@ class Agent:
         self._stop_capture.set()
 
     async def _consume(self) -> None:
+        write = self.writer.write
         while True:
             try:
                 batch = await asyncio.wait_for(self._queue.get(), timeout=READ_WAIT)
             except TimeoutError:
-                for obs in self.sensor.expire(time.time()):
-                    self.writer.write(obs)
                 if self.on_idle is not None:
                     self.on_idle()
                 continue
             if batch is None:
                 return
-            self._queued_frames -= len(batch)
-            feed(self.sensor, self.writer, batch)
+            self._queued -= len(batch)
+            for obs in batch:
+                write(obs)
             if self._queue.empty() and self.on_idle is not None:
                 self.on_idle()
 
@@ -251,7 +288,7 @@ class Agent:
     def status(self, *, running: bool) -> dict[str, Any]:
         """What ``egresswatch status`` shows."""
         counters = {
-            **self.sensor.stats(),
+            **self.sensor_stats(),
             **{f"capture.{k}": v for k, v in self.capture.stats().items()},
             **self.counters,
         }
@@ -270,6 +307,15 @@ class Agent:
             "counters": counters,
             **{name: get() for name, get in self.config.status_extra.items()},
         }
+
+    def sensor_stats(self) -> dict[str, int]:
+        """The sensor's counters, read from the event loop while the capture thread counts."""
+        for _ in range(10):
+            try:
+                return self.sensor.stats()
+            except RuntimeError:  # a table grew while it was read: read it again
+                continue
+        return {}
 
     def write_status(self, *, running: bool) -> None:
         """Replace the status file atomically (readers never see half of one)."""

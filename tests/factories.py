@@ -23,6 +23,7 @@ import dns.rrset
 from aioquic import tls as aioquic_tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from C
 
+from probes.observation import Observation
 from probes.packet import Packet
 
 HANG = timedelta(seconds=2)
@@ -368,3 +369,16 @@ def dns_response(query: bytes, *answers: str) -> bytes:
 def dns_tcp(*messages: bytes) -> bytes:
     """Messages as a DNS-over-TCP stream: each with its two-byte length (RFC 1035 4.2.2)."""
     return b"".join(struct.pack(">H", len(m)) + m for m in messages)
+
+
+class KeptObservations:
+    """An observation writer that keeps what it is given (``seen``), for a stage under test."""
+
+    def __init__(self) -> None:
+        self.seen: list[Observation] = []
+
+    def write(self, obs: Observation) -> None:
+        self.seen.append(obs)
+
+    def close(self) -> None:
+        pass

@@ -7,20 +7,10 @@ import os
 
 from egresswatch.ci import TreeScope
 from probes.observation import Observation
+from tests.factories import KeptObservations
 
 # Process ids that exist nowhere: /proc cannot answer for them, only the recorded lineage.
 ROOT, SHELL, CURL, STRANGER, ITS_PARENT = 4_000_001, 4_000_002, 4_000_003, 4_000_004, 4_000_005
-
-
-class Kept:
-    def __init__(self) -> None:
-        self.seen: list[Observation] = []
-
-    def write(self, obs: Observation) -> None:
-        self.seen.append(obs)
-
-    def close(self) -> None:
-        pass
 
 
 def _hello(pid: int | None, sni: str = "api.example.com") -> Observation:
@@ -31,8 +21,8 @@ def _hello(pid: int | None, sni: str = "api.example.com") -> Observation:
     )  # fmt: skip
 
 
-def _scope(lineage: dict[int, tuple[int, ...]]) -> tuple[TreeScope, Kept]:
-    kept = Kept()
+def _scope(lineage: dict[int, tuple[int, ...]]) -> tuple[TreeScope, KeptObservations]:
+    kept = KeptObservations()
     scope = TreeScope(kept, lineage)
     scope.root = ROOT
     return scope, kept
@@ -82,7 +72,7 @@ def test_unattributed_connections_are_judged_and_counted() -> None:
 
 
 def test_before_the_command_started_everything_attributed_is_someone_elses() -> None:
-    kept = Kept()
+    kept = KeptObservations()
     scope = TreeScope(kept, {CURL: (ROOT,)})
     scope.write(_hello(CURL))
     assert (scope.kept, scope.left_out) == (0, 1)

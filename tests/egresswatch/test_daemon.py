@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,71 +109,103 @@ class _Frames:
         return {}
 
 
-class _Slow:
-    """A sink slower than the capture: overload."""
+KINDS = ("tls", "quic", "dns", "tls", "tls", "quic", "dns", "tls", "quic", "tls")
 
-    def __init__(self) -> None:
-        self.seen = 0
+
+def _observe(_sensor: object, batch: list[object]) -> list[Observation]:
+    """Each frame completes an observation (4 DNS answers and 6 handshakes in 10)."""
+    return [
+        Observation(ts=1.0, kind=kind, transport="udp" if kind != "tls" else "tcp",  # type: ignore[arg-type]
+                    src="10.0.0.2", dst="192.0.2.1", sport=40000, dport=443)
+        for kind, _frame in zip(KINDS, batch, strict=True)
+    ]  # fmt: skip
+
+
+class _Slow:
+    """A sink slower than the capture: overload. ``probe`` runs at each write."""
+
+    def __init__(self, probe: Callable[[], None] | None = None) -> None:
+        self.seen: list[Observation] = []
+        self.probe = probe
 
     def write(self, obs: Observation) -> None:
-        self.seen += 1
+        if self.probe is not None:
+            self.probe()
+        self.seen.append(obs)
+        time.sleep(0.0005)
 
     def close(self) -> None:
         pass
 
 
-def test_overload_drops_are_counted_not_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
-    import egresswatch.daemon as daemon
-
-    # Make the consumer slow: every batch takes 5 ms to feed.
-    def slow_feed(*_: object) -> None:
-        time.sleep(0.005)
-
-    monkeypatch.setattr(daemon, "feed", slow_feed)
-    capture = _Frames(batches=400)
-    agent = Agent(
-        capture,  # type: ignore[arg-type]
-        _Slow(),
+def _agent(sink: _Slow, batches: int, **queue: int) -> Agent:
+    return Agent(
+        _Frames(batches=batches),  # type: ignore[arg-type]
+        sink,
         ObservationEnricher(Enricher()),
         AgentConfig(policy_file=None, geo_dir=Path("/nonexistent"), status_path=None, duration=3),
-        queue_batches=8,
+        **queue,
     )
+
+
+def test_overload_drops_are_counted_exactly_not_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    import egresswatch.daemon as daemon
+
+    monkeypatch.setattr(daemon, "observe", _observe)
+    sink = _Slow()
+    agent = _agent(sink, 400, queue_batches=8)
     asyncio.run(agent.run())
     c = agent.counters
-    # Every batch either went through the queue or was counted as dropped, frames included.
+    # Every batch either went through the queue or was counted as dropped, observation by
+    # observation and kind by kind: what was judged plus what was dropped is all there was.
     assert c["queue.batches"] + c["queue.dropped_batches"] == 400
     assert c["queue.dropped_batches"] > 0
-    assert c["queue.dropped_frames"] == 10 * c["queue.dropped_batches"]
+    assert c["queue.dropped_observations"] == 10 * c["queue.dropped_batches"]
+    for kind in ("tls", "quic", "dns"):
+        judged = sum(1 for o in sink.seen if o.kind == kind)
+        assert judged + c[f"queue.dropped_{kind}"] == 400 * KINDS.count(kind)
 
 
-@pytest.mark.parametrize(("batches", "frames"), [(1000, 35), (3, 1000)])
-def test_the_queue_is_bounded_in_frames_too(
-    monkeypatch: pytest.MonkeyPatch, batches: int, frames: int
+@pytest.mark.parametrize(("batches", "observations"), [(1000, 35), (3, 1000)])
+def test_the_queue_is_bounded_in_observations_too(
+    monkeypatch: pytest.MonkeyPatch, batches: int, observations: int
 ) -> None:
     import egresswatch.daemon as daemon
 
-    # 10 frames a batch: at most 3 batches fit under 35 frames (or under 3 batches).
+    # 10 observations a batch: at most 3 batches fit under 35 (or under 3 batches).
     seen: list[int] = []
-
-    def slow_feed(_sensor: object, _writer: object, batch: list[object]) -> None:
-        seen.append(agent._queued_frames)
-        time.sleep(0.005)
-
-    monkeypatch.setattr(daemon, "feed", slow_feed)
-    agent = Agent(
-        _Frames(batches=400),  # type: ignore[arg-type]
-        _Slow(),
-        ObservationEnricher(Enricher()),
-        AgentConfig(policy_file=None, geo_dir=Path("/nonexistent"), status_path=None, duration=3),
+    monkeypatch.setattr(daemon, "observe", _observe)
+    agent = _agent(
+        _Slow(lambda: seen.append(agent._queued)),
+        400,
         queue_batches=batches,
-        queue_frames=frames,
+        queue_observations=observations,
     )
     asyncio.run(agent.run())
     c = agent.counters
     assert c["queue.batches"] + c["queue.dropped_batches"] == 400
     assert c["queue.dropped_batches"] > 0
-    assert max(seen) <= 30  # what was still queued behind the batch being fed
-    assert agent._queued_frames == 0
+    assert max(seen) <= 30  # what was still queued behind the batch being written
+    assert agent._queued == 0
+
+
+def test_the_agent_says_when_it_is_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Process attribution sheds its look-ups when the queue is an eighth full: behind() turns
+    # true with the queue filling, and false again once it has drained.
+    import egresswatch.daemon as daemon
+
+    states: list[tuple[int, bool]] = []
+    monkeypatch.setattr(daemon, "observe", _observe)
+    agent = _agent(
+        _Slow(lambda: states.append((agent._queued, agent.behind()))),
+        200,
+        queue_batches=1000,
+        queue_observations=800,
+    )
+    asyncio.run(agent.run())
+    assert all(behind == (queued > 100) for queued, behind in states)
+    assert any(behind for _q, behind in states)
+    assert not agent.behind()
 
 
 @pytest.mark.root
