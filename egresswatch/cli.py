@@ -680,8 +680,13 @@ def _open_store(
     :data:`FLEET_FLUSH_SECONDS` instead, each flush being one fleet message; violations are
     still written (and queued) within half a second."""
     from egresswatch.store import StoreWriter, open_engine
+    from egresswatch.store.engine import WRITER_CACHE_KIB
 
-    engine = open_engine(db, notify=lambda m: click.echo(f"egresswatch: {m}", err=True))
+    engine = open_engine(
+        db,
+        notify=lambda m: click.echo(f"egresswatch: {m}", err=True),
+        cache_kib=WRITER_CACHE_KIB,
+    )
     writer = StoreWriter(
         engine,
         machine=machine,

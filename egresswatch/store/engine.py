@@ -37,10 +37,15 @@ SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=10000",
     "PRAGMA foreign_keys=ON",
     "PRAGMA temp_store=MEMORY",
-    "PRAGMA cache_size=-65536",
     "PRAGMA mmap_size=268435456",
     "PRAGMA journal_size_limit=67108864",
 )
+CACHE_KIB = 65536
+"""SQLite's page cache per connection, for reports over a large store (the mmap serves reads
+beyond it)."""
+WRITER_CACHE_KIB = 16384
+"""The page cache of the agent's and the collector's connections: they write recent hours and
+read little; 64 MiB per connection would only be memory held for ever."""
 
 
 def database_url(value: str | Path) -> URL:
@@ -71,32 +76,37 @@ def describe(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-    # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see _sqlite_begin),
-    # so that DDL is transactional too: a migration cut short leaves the old schema, not half of
-    # the new one.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        for pragma in SQLITE_PRAGMAS:
-            cursor.execute(pragma)
-    finally:
-        cursor.close()
+def _sqlite_connect(cache_kib: int) -> Callable[[sqlite3.Connection, object], None]:
+    def connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see
+        # _sqlite_begin), so that DDL is transactional too: a migration cut short leaves the
+        # old schema, not half of the new one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in SQLITE_PRAGMAS:
+                cursor.execute(pragma)
+            cursor.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        finally:
+            cursor.close()
+
+    return connect
 
 
 def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN")
 
 
-def make_engine(url: URL) -> Engine:
-    """An engine for ``url`` with the store's settings (pragmas on SQLite)."""
+def make_engine(url: URL, *, cache_kib: int = CACHE_KIB) -> Engine:
+    """An engine for ``url`` with the store's settings (pragmas on SQLite; ``cache_kib``: the
+    page cache of each connection)."""
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         # Connections come from a pool and may serve another thread than the one that opened
         # them (the ci command writes from its capture thread); never two at once.
         engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "connect", _sqlite_connect(cache_kib))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -220,10 +230,15 @@ def _sqlite_file_settings(conn: Connection, *, new: bool) -> None:
         raise StoreError(msg)
 
 
-def open_engine(value: str | Path, *, notify: Callable[[str], None] | None = None) -> Engine:
+def open_engine(
+    value: str | Path,
+    *,
+    notify: Callable[[str], None] | None = None,
+    cache_kib: int = CACHE_KIB,
+) -> Engine:
     """Open (creating or migrating as needed) the store at ``value`` and return its engine."""
     url = database_url(value)
-    engine = make_engine(url)
+    engine = make_engine(url, cache_kib=cache_kib)
     try:
         migrate(engine, notify=notify)
     except (StoreError, StoreVersionError):

@@ -348,3 +348,14 @@ def test_newer_postgres_database_is_refused(pg_url: str) -> None:
             assert current_revision(conn) == "0099_future"
     finally:
         engine.dispose()
+
+
+def test_the_page_cache_is_set_per_engine(tmp_path: Path) -> None:
+    # Reports get a large page cache; the agent's writer a small one (memory held for ever).
+    from egresswatch.store.engine import CACHE_KIB, WRITER_CACHE_KIB
+
+    for kib in (CACHE_KIB, WRITER_CACHE_KIB):
+        engine = open_engine(tmp_path / f"c{kib}.db", cache_kib=kib)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -kib
+        engine.dispose()
