@@ -12,8 +12,13 @@
 5. Handshake load: thousands of TLS and QUIC handshakes a second, each with its own name, while
    bulk traffic runs at line rate on the same veth; every one reported by the agent or counted
    as dropped, with tcpdump's figures beside it (bench/live_load.py).
+6. The fleet: violations and hourly counts from a host's outbox through Mosquitto into
+   PostgreSQL with ``collect``, next to the bare transport (paho to ``mosquitto_sub``)
+   (bench/fleet.py; needs PostgreSQL on 127.0.0.1:5432 and mosquitto).
+7. A short soak: the live agent's memory under steady traffic with ever-new names
+   (bench/soak.py, ``--soak-seconds``, 10 minutes by default); ``make soak`` runs the hour.
 
-4 and 5 need root and network namespaces (skipped with a reason otherwise).
+4, 5 and 7 need root and network namespaces (skipped with a reason otherwise).
 """
 
 from __future__ import annotations
@@ -172,7 +177,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--skip-live", action="store_true", help="skip the live-capture benches (4 and 5)"
+        "--skip-live", action="store_true", help="skip the live-capture benches (4, 5 and 7)"
     )
     parser.add_argument(
         "--live-size", default="512M", help="bytes per bulk transfer in 4 (K, M, G suffixes)"
@@ -186,6 +191,12 @@ def main() -> None:
     parser.add_argument(
         "--sizes", default="small,medium", help="replay capture sizes: small,medium,large"
     )
+    parser.add_argument(
+        "--fleet-violations", type=int, default=20_000, help="violations sent in 6 (0: skip)"
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=600, help="seconds of the soak in 7 (0: skip)"
+    )
     args = parser.parse_args()
     print("== replay throughput and memory, egresswatch vs tshark ==")
     for size in args.sizes.split(","):
@@ -196,12 +207,23 @@ def main() -> None:
     subprocess.run([sys.executable, str(REPO / "tests" / "geo" / "bench_hosts.py")], check=False)
     print("\n== reports on a 10M-row store: egresswatch report vs plain SQL on the hourly rows ==")
     subprocess.run([sys.executable, str(REPO / "bench" / "store.py")], check=False)
+    if args.fleet_violations:
+        print("\n== the fleet: outbox -> Mosquitto -> collect -> PostgreSQL vs bare MQTT ==")
+        fleet = ["--violations", str(args.fleet_violations)]
+        subprocess.run([sys.executable, str(REPO / "bench" / "fleet.py"), *fleet], check=False)
     if args.skip_live:
         return
     print("\n== live capture CPU under bulk traffic, egresswatch vs tcpdump (same BPF filter) ==")
     live_bench("live_cpu.py", "--size", args.live_size)
     print("\n== handshake load with bulk at line rate: every handshake reported or counted ==")
     live_bench("live_load.py", "--rates", args.load_rates, "--duration", str(args.load_duration))
+    if args.soak_seconds:
+        print(f"\n== soak: the agent's memory over {args.soak_seconds:g} s (make soak: 1 hour) ==")
+        warmup = min(120.0, args.soak_seconds / 5)
+        live_bench(
+            "soak.py", "--duration", str(args.soak_seconds), "--warmup", str(warmup),
+            "--print-every", "120",
+        )  # fmt: skip
 
 
 def live_bench(name: str, *argv: str) -> None:

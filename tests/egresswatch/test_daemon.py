@@ -261,3 +261,27 @@ def test_drops_root_to_the_service_user_keeping_cap_net_raw_only() -> None:
         assert db.stat().st_uid == 65534
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_status_text_shows_drops_by_kind_and_the_attribution_rate(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from egresswatch.cli import main
+
+    db = tmp_path / "agent.db"
+    counters = {
+        "frames": 1200, "observations": 300, "capture.kernel_drops": 4,
+        "queue.dropped_tls": 7, "queue.dropped_quic": 2, "queue.dropped_dns": 1,
+        "proc.attributed": 90, "proc.unattributed": 10, "proc.busy": 6,
+    }  # fmt: skip
+    doc = {
+        "pid": os.getpid(), "running": True, "updated": time.time(), "uptime": 65,
+        "interfaces": ["eth0"], "db": str(db), "policy": "none (audit)", "geo_dir": "/x",
+        "geo_data_age": None, "violations": 3, "counters": counters,
+    }  # fmt: skip
+    (tmp_path / "agent.db.status.json").write_text(json.dumps(doc))
+    done = CliRunner().invoke(main, ["status", "--db", str(db)])
+    assert done.exit_code == 0, done.output
+    assert "4 frames by the kernel" in done.output
+    assert "7 TLS and 2 QUIC handshakes, 1 DNS answers" in done.output
+    assert "90% of connections attributed (6 left unattributed to keep up)" in done.output
