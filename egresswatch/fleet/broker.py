@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -140,6 +140,41 @@ def close_socket(client: aiomqtt.Client) -> None:
     paho = client._client
     if paho.socket() is not None:
         paho._sock_close()
+
+
+async def stay_connected(
+    stop: asyncio.Event,
+    connect: Callable[[], aiomqtt.Client],
+    session: Callable[[aiomqtt.Client], Awaitable[None]],
+    *,
+    errors: tuple[type[BaseException], ...],
+    on_error: Callable[[BaseException, float], None],
+    backoff: tuple[float, float],
+    on_close: Callable[[], None] | None = None,
+) -> None:
+    """Run ``session`` on a connected client from ``connect()`` until ``stop`` is set; after
+    one of ``errors`` (told to ``on_error`` with the coming delay), connect again after a delay
+    that doubles from ``backoff[0]`` up to ``backoff[1]`` and starts over once connected.
+    The publisher and the collector both live in this loop."""
+    low, high = backoff
+    delay = low
+    while not stop.is_set():
+        client = connect()
+        try:
+            async with client:
+                delay = low
+                await session(client)
+        except errors as exc:
+            on_error(exc, delay)
+        finally:
+            if on_close is not None:
+                on_close()
+            close_socket(client)
+        raise_if_cancelled()
+        if stop.is_set():
+            break
+        await sleep_unless(stop, delay)
+        delay = min(delay * 2, high)
 
 
 def make_client(

@@ -33,12 +33,11 @@ from egresswatch.fleet.broker import (
     BadMessage,
     BrokerConfig,
     Envelope,
-    close_socket,
     decode,
     make_client,
     parse_broker_url,
     raise_if_cancelled,
-    sleep_unless,
+    stay_connected,
 )
 from egresswatch.store.keys import AGGREGATE_COLUMNS
 from egresswatch.store.models import ReceivedMessage, ViolationRecord
@@ -238,8 +237,8 @@ class Collector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Collect until ``stop`` is set, reconnecting with backoff."""
-        delay = self._min_backoff
-        while not stop.is_set():
+
+        def connect() -> aiomqtt.Client:
             client = make_client(
                 self.config,
                 identifier=self.client_id,
@@ -249,23 +248,26 @@ class Collector:
             # Acknowledge after the commit, not on arrival (paho's default): set before the
             # connection, because the broker sends what it kept as soon as we are in.
             client._client.manual_ack_set(True)
-            try:
-                async with client:
-                    self.stats.connects += 1
-                    await client.subscribe([(t, 1) for t in TOPICS])
-                    log.info("collecting from %s", self.config.describe())
-                    delay = self._min_backoff
-                    await _until_stopped(self._consume(client), stop)
-            except (aiomqtt.MqttError, OSError, SQLAlchemyError) as exc:
-                self.stats.failures += 1
-                log.warning("collector: %s; retrying in %.1f s", exc, delay)
-            finally:
-                close_socket(client)
-            raise_if_cancelled()
-            if stop.is_set():
-                break
-            await sleep_unless(stop, delay)
-            delay = min(delay * 2, self._max_backoff)
+            return client
+
+        async def session(client: aiomqtt.Client) -> None:
+            self.stats.connects += 1
+            await client.subscribe([(t, 1) for t in TOPICS])
+            log.info("collecting from %s", self.config.describe())
+            await _until_stopped(self._consume(client), stop)
+
+        def failed(exc: BaseException, delay: float) -> None:
+            self.stats.failures += 1
+            log.warning("collector: %s; retrying in %.1f s", exc, delay)
+
+        await stay_connected(
+            stop,
+            connect,
+            session,
+            errors=(aiomqtt.MqttError, OSError, SQLAlchemyError),
+            on_error=failed,
+            backoff=(self._min_backoff, self._max_backoff),
+        )
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         # What has arrived meanwhile is written in the same transaction (the broker sends up

@@ -23,12 +23,12 @@ from sqlalchemy import Engine, delete, func, select
 
 from egresswatch.fleet.broker import (
     BrokerConfig,
-    close_socket,
     encode,
     make_client,
     parse_broker_url,
     raise_if_cancelled,
     sleep_unless,
+    stay_connected,
 )
 from egresswatch.store.models import OutboxMessage, StoreInstance
 
@@ -97,28 +97,31 @@ class Publisher:
         up to ``linger_seconds``; what is left waits for the next start."""
         if self._instance is None:
             self._instance = await asyncio.to_thread(instance_id, self.engine)
-        delay = self._min_backoff
-        while not stop.is_set():
-            client = make_client(self.config, timeout=self._timeout)
-            try:
-                async with client:
-                    self.stats.connects += 1
-                    self.stats.connected = True
-                    delay = self._min_backoff
-                    log.info("publishing to %s", self.config.describe())
-                    await self._drain(client, self._instance, stop)
-            except (aiomqtt.MqttError, OSError) as exc:
-                self.stats.failures += 1
-                self.stats.last_error = str(exc) or type(exc).__name__
-                log.warning("broker %s: %s; retrying in %.1f s", self.config.describe(), exc, delay)
-            finally:
-                self.stats.connected = False
-                close_socket(client)
-            raise_if_cancelled()
-            if stop.is_set():
-                break
-            await sleep_unless(stop, delay)
-            delay = min(delay * 2, self._max_backoff)
+        instance = self._instance
+
+        async def session(client: aiomqtt.Client) -> None:
+            self.stats.connects += 1
+            self.stats.connected = True
+            log.info("publishing to %s", self.config.describe())
+            await self._drain(client, instance, stop)
+
+        def failed(exc: BaseException, delay: float) -> None:
+            self.stats.failures += 1
+            self.stats.last_error = str(exc) or type(exc).__name__
+            log.warning("broker %s: %s; retrying in %.1f s", self.config.describe(), exc, delay)
+
+        def closed() -> None:
+            self.stats.connected = False
+
+        await stay_connected(
+            stop,
+            lambda: make_client(self.config, timeout=self._timeout),
+            session,
+            errors=(aiomqtt.MqttError, OSError),
+            on_error=failed,
+            backoff=(self._min_backoff, self._max_backoff),
+            on_close=closed,
+        )
 
     async def _drain(self, client: aiomqtt.Client, instance: str, stop: asyncio.Event) -> None:
         deadline: float | None = None
