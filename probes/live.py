@@ -86,7 +86,7 @@ import struct
 import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import NamedTuple, NoReturn, Self
+from typing import Any, NamedTuple, NoReturn, Self
 
 from probes import bpf as bpflib
 from probes.errors import CaptureError
@@ -574,22 +574,27 @@ class LiveCapture:
         nothing arrived. Raises :class:`~probes.errors.CaptureError` when the
         interface goes away or the capture is closed.
         """
+        out: list[Frame] = []
+        self._read(out, timeout, max_frames, True)
+        return out
+
+    def _read(self, out: list[Any], timeout: float, max_frames: int, full: bool) -> None:
+        """:meth:`read_frames` (``full``: as :class:`Frame`) or :meth:`read_batch` into ``out``."""
         if self._closed:
             msg = f"capture on {self._where} is closed"
             raise CaptureError(msg, path=self._where)
-        out: list[Frame] = []
         if not self._poll.poll(max(0, int(timeout * 1000))):
-            return out
+            return
         if self.linger and time.monotonic() - self._last_read < self.linger:
             time.sleep(self.linger)  # busy: gather a batch
-        self._read_queued(out, max_frames)
+        self._read_queued(out, max_frames, full)
         if out:
             self._last_read = time.monotonic()
         self._received += len(out)
-        return out
 
-    def _read_queued(self, out: list[Frame], max_frames: int) -> None:
-        """Append the frames queued in the socket to ``out``, up to ``max_frames`` in all."""
+    def _read_queued(self, out: list[Any], max_frames: int, full: bool) -> None:
+        """Append the frames queued in the socket to ``out``, up to ``max_frames`` in all: as
+        :class:`Frame` when ``full``, else as ``(ts, linktype, data)``."""
         recvmsg_into = self._sock.recvmsg_into
         buffers = (self._buf,)
         view = self._view
@@ -623,7 +628,10 @@ class LiveCapture:
                     self._refilter(gate)
                 if not keep:
                     continue
-            append(Frame(ts, LINKTYPE_RAW, data, address[0], address[2]))
+            if full:
+                append(Frame(ts, LINKTYPE_RAW, data, address[0], address[2]))
+            else:
+                append((ts, LINKTYPE_RAW, data))
 
     def _refilter(self, gate: FlowExclusions) -> None:
         """Attach the filter with the flows ``gate`` excludes now. The new program replaces
@@ -652,7 +660,9 @@ class LiveCapture:
         For an event loop: call it when :meth:`fileno` is readable (``timeout=0``) or let it
         wait. See :meth:`read_frames` for the interface and direction of each frame.
         """
-        return [(f.ts, f.linktype, f.data) for f in self.read_frames(timeout, max_frames)]
+        out: list[tuple[float, int, bytes]] = []
+        self._read(out, timeout, max_frames, False)
+        return out
 
     def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
         """Every frame until :meth:`close` (from another thread or a signal handler)."""
