@@ -602,6 +602,17 @@ def status(db: str | None, fmt: str) -> None:
                 f"processes:    {rate} of connections attributed ({c.get('proc.busy', 0):,} "
                 "left unattributed to keep up)"
             )
+        fleet = doc.get("fleet")
+        if isinstance(fleet, dict):
+            waiting = f"{fleet.get('pending', 0):,}{'+' if fleet.get('pending_over') else ''}"
+            oldest = fleet.get("oldest_pending")
+            state = "connected" if fleet.get("connected") else "not connected"
+            lines.append(
+                f"fleet:        {fleet.get('broker')} {state}, {fleet.get('published', 0):,} "
+                f"published, {waiting} waiting"
+                + (f" (oldest {_duration(time.time() - float(oldest))} ago)" if oldest else "")
+                + (f"; last error: {fleet['last_error']}" if fleet.get("last_error") else "")
+            )
         for line in lines:
             click.echo(safe_text(line, 400))
     if not alive or stale:

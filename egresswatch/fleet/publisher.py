@@ -34,6 +34,9 @@ from egresswatch.store.models import OutboxMessage, StoreInstance
 
 log = logging.getLogger(__name__)
 
+PENDING_COUNTED = 100_000
+"""Outbox messages the status counts at most."""
+
 
 def instance_id(engine: Engine) -> str:
     """The store's random instance id (made by migration 0003)."""
@@ -176,11 +179,16 @@ class Publisher:
         await client.publish(row.topic, payload, qos=1, timeout=self._timeout)
 
     def status(self) -> dict[str, Any]:
-        """For the agent's status: the broker, the counters, and what waits in the outbox."""
+        """For the agent's status: the broker, the counters, and what waits in the outbox
+        (counted up to :data:`PENDING_COUNTED`, so that a long outage does not make each
+        status write scan a large outbox; ``pending_over`` says when there is more)."""
         with self.engine.connect() as conn:
-            pending, oldest = conn.execute(
-                select(func.count(), func.min(OutboxMessage.created))
-            ).one()
+            waiting = select(OutboxMessage.id).limit(PENDING_COUNTED + 1).subquery()
+            pending = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
+            # The outbox is written in order: the lowest id is the oldest message.
+            oldest = conn.execute(
+                select(OutboxMessage.created).order_by(OutboxMessage.id).limit(1)
+            ).scalar()
         return {
             "broker": self.config.describe(),
             "connected": self.stats.connected,
@@ -188,7 +196,8 @@ class Publisher:
             "connects": self.stats.connects,
             "failures": self.stats.failures,
             "last_error": self.stats.last_error,
-            "pending": int(pending),
+            "pending": min(int(pending), PENDING_COUNTED),
+            "pending_over": int(pending) > PENDING_COUNTED,
             "oldest_pending": oldest,
         }
 

@@ -263,7 +263,7 @@ def test_drops_root_to_the_service_user_keeping_cap_net_raw_only() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_status_text_shows_drops_by_kind_and_the_attribution_rate(tmp_path: Path) -> None:
+def test_status_text_shows_drops_by_kind_attribution_and_the_fleet(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from egresswatch.cli import main
@@ -278,6 +278,11 @@ def test_status_text_shows_drops_by_kind_and_the_attribution_rate(tmp_path: Path
         "pid": os.getpid(), "running": True, "updated": time.time(), "uptime": 65,
         "interfaces": ["eth0"], "db": str(db), "policy": "none (audit)", "geo_dir": "/x",
         "geo_data_age": None, "violations": 3, "counters": counters,
+        "fleet": {
+            "broker": "mqtt://broker:1883", "connected": False, "published": 41,
+            "pending": 100_000, "pending_over": True, "oldest_pending": time.time() - 7200,
+            "last_error": "connection refused",
+        },
     }  # fmt: skip
     (tmp_path / "agent.db.status.json").write_text(json.dumps(doc))
     done = CliRunner().invoke(main, ["status", "--db", str(db)])
@@ -285,3 +290,7 @@ def test_status_text_shows_drops_by_kind_and_the_attribution_rate(tmp_path: Path
     assert "4 frames by the kernel" in done.output
     assert "7 TLS and 2 QUIC handshakes, 1 DNS answers" in done.output
     assert "90% of connections attributed (6 left unattributed to keep up)" in done.output
+    assert (
+        "fleet:        mqtt://broker:1883 not connected, 41 published, 100,000+ waiting "
+        "(oldest 2h 0m ago); last error: connection refused"
+    ) in done.output

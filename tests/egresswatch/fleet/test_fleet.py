@@ -592,3 +592,27 @@ def test_tls_with_the_ca_from_the_environment(
     assert_exactly_once(fleet, 5)
     fleet.dispose()
     host.dispose()
+
+
+def test_status_counts_the_outbox_up_to_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long outage fills the outbox; the status (written every 5 s) counts at most
+    # PENDING_COUNTED messages and says there are more, and names the oldest.
+    import egresswatch.fleet.publisher as publisher
+
+    engine, writer = host_store(tmp_path / "host.db")
+    publisher_ = Publisher(engine, parse_broker_url("mqtt://127.0.0.1:1"))
+    empty = publisher_.status()
+    assert (empty["pending"], empty["pending_over"], empty["oldest_pending"]) == (0, False, None)
+    started = time.time()
+    write(writer, [violation(i) for i in range(12)])
+    monkeypatch.setattr(publisher, "PENDING_COUNTED", 10)
+    full = publisher_.status()
+    assert (full["pending"], full["pending_over"]) == (10, True)
+    assert started - 5 <= full["oldest_pending"] <= time.time()
+    monkeypatch.setattr(publisher, "PENDING_COUNTED", 100)
+    assert (publisher_.status()["pending"], publisher_.status()["pending_over"]) == (
+        count(engine, OutboxMessage),
+        False,
+    )
