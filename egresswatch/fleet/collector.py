@@ -41,7 +41,7 @@ from egresswatch.fleet.broker import (
 )
 from egresswatch.store.keys import AGGREGATE_COLUMNS
 from egresswatch.store.models import ReceivedMessage, ViolationRecord
-from egresswatch.store.writer import hourly_from_rows, outbox_topic, write_batch
+from egresswatch.store.writer import dialect_insert, hourly_from_rows, outbox_topic, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +208,7 @@ class Collector:
         """Record ``envs`` as received; return the names of those not received before (one
         statement: INSERT ... ON CONFLICT DO NOTHING RETURNING the names inserted)."""
         table: Table = ReceivedMessage.__table__  # type: ignore[assignment]
-        stmt: Any
-        if self._postgres:
-            from sqlalchemy.dialects import postgresql
-
-            stmt = postgresql.insert(table)
-        else:
-            from sqlalchemy.dialects import sqlite
-
-            stmt = sqlite.insert(table)
+        stmt = dialect_insert(table, postgres=self._postgres)
         now = time.time()
         stmt = stmt.values(
             [

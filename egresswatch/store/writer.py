@@ -315,17 +315,20 @@ class StoreWriter:
         return upsert(table, bucket, postgres=self._postgres)
 
 
-def upsert(table: Table, bucket: str | None, *, postgres: bool) -> Any:
-    """INSERT ... ON CONFLICT (bucket, key) DO UPDATE adding counts, widening the span."""
-    stmt: Any
+def dialect_insert(table: Table, *, postgres: bool) -> Any:
+    """The dialect's INSERT for ``table`` (the one with ``ON CONFLICT``), SQLite or PostgreSQL."""
     if postgres:
         from sqlalchemy.dialects import postgresql
 
-        stmt = postgresql.insert(table)
-    else:
-        from sqlalchemy.dialects import sqlite
+        return postgresql.insert(table)
+    from sqlalchemy.dialects import sqlite
 
-        stmt = sqlite.insert(table)
+    return sqlite.insert(table)
+
+
+def upsert(table: Table, bucket: str | None, *, postgres: bool) -> Any:
+    """INSERT ... ON CONFLICT (bucket, key) DO UPDATE adding counts, widening the span."""
+    stmt = dialect_insert(table, postgres=postgres)
     new = stmt.excluded
     # The latest reason (on hourly rows it is part of the key, so the same one).
     latest = {"reason": new.reason} if "reason" in table.c else {}
