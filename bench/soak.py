@@ -727,7 +727,8 @@ def watch(
     with (folder / "samples.csv").open("w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["t", "rss_mb", "hwm_mb", "anon_mb", "frames", "observations",
-                      "violations", "queue_dropped", "kernel_drops", "tls_attempts"])  # fmt: skip
+                      "violations", "queue_dropped", "kernel_drops", "tls_attempts",
+                      "sqlite_mb", "python_blocks"])  # fmt: skip
         while traffic.poll() is None:
             if agent.poll() is not None:
                 raise SystemExit(f"the agent exited early; see {folder / 'agent.log'}")
@@ -745,7 +746,8 @@ def watch(
                 f"{t:.1f}", f"{sample.rss:.2f}", f"{sample.hwm:.2f}", f"{sample.anon:.2f}",
                 counters.get("frames"), counters.get("observations"), status.get("violations"),
                 counters.get("queue.dropped_observations"), counters.get("capture.kernel_drops"),
-                made.get("tls_attempts"),
+                made.get("tls_attempts"), f"{_mb(counters.get('memory.sqlite')):.2f}",
+                counters.get("memory.python_blocks"),
             ])  # fmt: skip
             fh.flush()
             if t >= next_print:
@@ -780,7 +782,10 @@ def report(
     post = [s for s in samples if s.t >= args.warmup]
     end = samples[-1]
     print("\n  agent memory, MB (t from the start of traffic; file = RSS - RssAnon)")
-    print(f"  {'mark':<16}{'t s':>7}{'RSS':>9}{'RssAnon':>9}{'file':>8}{'VmHWM':>9}")
+    print(
+        f"  {'mark':<16}{'t s':>7}{'RSS':>9}{'RssAnon':>9}{'file':>8}{'VmHWM':>9}"
+        f"{'SQLite':>8}{'anon-SQLite':>12}"
+    )
     marks: list[tuple[str, Sample | None]] = [("after warm-up", _at(samples, args.warmup))]
     minute = 600.0
     while minute < end.t - 30:
@@ -792,7 +797,7 @@ def report(
         if s is not None:
             print(
                 f"  {label:<16}{s.t:>7.0f}{s.rss:>9.1f}{s.anon:>9.1f}{s.rss - s.anon:>8.1f}"
-                f"{s.hwm:>9.1f}"
+                f"{s.hwm:>9.1f}{_sqlite(s):>8.1f}{s.anon - _sqlite(s):>12.1f}"
             )
     if len(post) < 3:
         print("  too few samples after the warm-up for a slope")
@@ -812,6 +817,14 @@ def report(
         f"  least-squares slope, MB/hour: RssAnon {slopes['anon', 'all']:+.2f} "
         f"(second half {slopes['anon', 'half']:+.2f}); RSS {slopes['rss', 'all']:+.2f} "
         f"(second half {slopes['rss', 'half']:+.2f})"
+    )
+    quarter = post[-max(3, len(post) // 4) :]
+    print(
+        f"  over the last quarter ({quarter[0].t:.0f}..{quarter[-1].t:.0f} s): RssAnon "
+        f"{slope([(s.t, s.anon) for s in quarter]):+.2f} MB/hour, of it SQLite's page caches "
+        f"{slope([(s.t, _sqlite(s)) for s in quarter]):+.2f}; RssAnon without SQLite over the "
+        f"whole soak {slope([(s.t, s.anon - _sqlite(s)) for s in post]):+.2f}, second half "
+        f"{slope([(s.t, s.anon - _sqlite(s)) for s in half]):+.2f}"
     )
     # Where the private memory stopped moving: from then on every sample is within 3% of the
     # final quarter's median.
@@ -866,6 +879,15 @@ def report(
     print(f"  agent counters: {json.dumps(counters, sort_keys=True)}")
 
 
+def _mb(value: object) -> float:
+    return float(value) / (1 << 20) if isinstance(value, int | float) else 0.0
+
+
+def _sqlite(s: Sample) -> float:
+    """SQLite's own allocations at ``s`` (page caches; bounded per connection), MB."""
+    return _mb(s.counters.get("memory.sqlite"))
+
+
 def report_again(args: argparse.Namespace, folder: Path) -> int:
     """The report of a soak kept with ``--keep``, from its files."""
     samples = []
@@ -877,7 +899,7 @@ def report_again(args: argparse.Namespace, folder: Path) -> int:
                     float(row["rss_mb"]),
                     float(row["hwm_mb"]),
                     float(row["anon_mb"]),
-                    {},
+                    {"memory.sqlite": float(row.get("sqlite_mb") or 0) * (1 << 20)},
                 )
             )
     status = read_json(folder / "store.db.status.json")

@@ -291,6 +291,7 @@ class Agent:
             **self.sensor_stats(),
             **{f"capture.{k}": v for k, v in self.capture.stats().items()},
             **self.counters,
+            **_memory(),
         }
         return {
             "pid": os.getpid(),
@@ -328,6 +329,20 @@ class Agent:
             tmp.replace(path)
         except OSError as exc:
             log.warning("cannot write the status file %s: %s", path, exc)
+
+
+def _memory() -> dict[str, int]:
+    """Where the agent's memory goes, for the status: ``memory.sqlite`` (bytes SQLite holds:
+    page caches, bounded per connection) and ``memory.python_blocks`` (objects allocated)."""
+    import sys
+
+    from egresswatch.store.engine import sqlite_memory
+
+    out = {"memory.python_blocks": sys.getallocatedblocks()}
+    used = sqlite_memory()
+    if used is not None:
+        out["memory.sqlite"] = used
+    return out
 
 
 def _policy_note(path: Path | None, policy: Policy | None) -> str:

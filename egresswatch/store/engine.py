@@ -251,6 +251,29 @@ def open_engine(
     return engine
 
 
+def sqlite_memory() -> int | None:
+    """Bytes SQLite holds in this process now (``sqlite3_memory_used``: page caches, schema,
+    statements), or ``None`` where the library cannot be asked (a statically linked one)."""
+    global _SQLITE_LIB
+    if _SQLITE_LIB is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+            lib.sqlite3_memory_used.restype = ctypes.c_int64
+        except (OSError, AttributeError):
+            _SQLITE_LIB = False
+            return None
+        _SQLITE_LIB = lib
+    if _SQLITE_LIB is False:
+        return None
+    return int(_SQLITE_LIB.sqlite3_memory_used())
+
+
+_SQLITE_LIB: Any = None
+
+
 def _first_line(exc: BaseException) -> str:
     original: Any = getattr(exc, "orig", None) or exc
     return str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__

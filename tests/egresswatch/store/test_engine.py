@@ -359,3 +359,20 @@ def test_the_page_cache_is_set_per_engine(tmp_path: Path) -> None:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -kib
         engine.dispose()
+
+
+def test_sqlite_memory_is_what_the_library_holds(tmp_path: Path) -> None:
+    # The agent's status reports it (memory.sqlite): the soak tells SQLite's page caches from
+    # the rest of its private memory.
+    from egresswatch.store.engine import sqlite_memory
+
+    before = sqlite_memory()
+    assert before is not None
+    engine = open_engine(tmp_path / "m.db")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE filler (x BLOB)")
+        for _ in range(200):
+            conn.exec_driver_sql("INSERT INTO filler VALUES (randomblob(4000))")
+    during = sqlite_memory()
+    assert during is not None and during > before
+    engine.dispose()
