@@ -72,6 +72,7 @@ otherwise. ``make bench`` runs it (bench/run.py) with ``--rates 250,1000,2500 --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -165,16 +166,12 @@ def _tls_exchange(
     cin, cout, sin, sout = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
     c = client.wrap_bio(cin, cout, server_hostname=sni)
     s = server.wrap_bio(sin, sout, server_side=True)
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):
         c.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
     hello = cout.read()
     sin.write(hello)
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):
         s.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
     flight = sout.read()
     cin.write(flight)
     c.do_handshake()

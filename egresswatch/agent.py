@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 from egresswatch.output import ObservationWriter
 from probes.live import LiveCapture
+from probes.observation import Observation
 from probes.sensor import Sensor
 
 DRAIN_SECONDS = 5.0
@@ -22,11 +23,18 @@ BATCH_WAIT = 0.25
 """Seconds a read waits for frames before the pump looks at the clock and its stop flag."""
 
 
+def observe(sensor: Sensor, batch: list[tuple[float, int, bytes]]) -> list[Observation]:
+    """What the frames of ``batch`` complete."""
+    out: list[Observation] = []
+    for ts, linktype, frame in batch:
+        out.extend(sensor.frame(ts, linktype, frame))
+    return out
+
+
 def feed(sensor: Sensor, writer: ObservationWriter, batch: list[tuple[float, int, bytes]]) -> None:
     """Every observation the frames of ``batch`` complete, to ``writer``."""
-    for ts, linktype, frame in batch:
-        for obs in sensor.frame(ts, linktype, frame):
-            writer.write(obs)
+    for obs in observe(sensor, batch):
+        writer.write(obs)
 
 
 def drain(capture: LiveCapture) -> Iterator[list[tuple[float, int, bytes]]]:

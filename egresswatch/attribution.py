@@ -136,7 +136,7 @@ class AttributingWriter:
         self._pending = 0
         self._lock = threading.Lock()
         self._answers: OrderedDict[Flow, Future[Owner | NotFound]] = OrderedDict()
-        self._udp_seen: OrderedDict[tuple[bytes, bytes], float] = OrderedDict()
+        self._udp_seen: OrderedDict[tuple[str, int, str, int], float] = OrderedDict()
         self.lineage: OrderedDict[int, tuple[int, ...]] = OrderedDict()
         """pid -> its ancestors when it was first read (:attr:`probes.sockets.Owner.ancestors`),
         for the most recent :data:`MAX_LINEAGE` processes named: ``ci`` tells a build's
@@ -167,14 +167,14 @@ class AttributingWriter:
     def _udp_again(self, flow: Flow, ts: float) -> bool:
         """Whether this UDP 4-tuple (either way round) was seen lately; remember it."""
         _t, src, sport, dst, dport = flow
-        here, there = f"{src}|{sport}".encode(), f"{dst}|{dport}".encode()
+        key = (src, sport, dst, dport)
         seen = self._udp_seen
-        for key in ((here, there), (there, here)):
-            last = seen.get(key)
+        for known in (key, (dst, dport, src, sport)):
+            last = seen.get(known)
             if last is not None and ts - last < UDP_SEEN_SECONDS:
                 return True
-        seen[(here, there)] = ts
-        seen.move_to_end((here, there))
+        seen[key] = ts
+        seen.move_to_end(key)
         if len(seen) > MAX_EARLY:
             seen.popitem(last=False)
         return False

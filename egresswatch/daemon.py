@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from egresswatch.agent import DRAIN_SECONDS, drain
+from egresswatch.agent import DRAIN_SECONDS, drain, observe
 from egresswatch.enrichment import ObservationEnricher
 from egresswatch.errors import EgressWatchError
 from egresswatch.output import ObservationWriter
@@ -60,14 +60,6 @@ READ_WAIT = 0.25
 
 Batch = list[tuple[float, int, bytes]]
 Observations = list[Observation]
-
-
-def observe(sensor: Sensor, batch: Batch) -> Observations:
-    """What the frames of ``batch`` complete."""
-    out: Observations = []
-    for ts, linktype, frame in batch:
-        out.extend(sensor.frame(ts, linktype, frame))
-    return out
 
 
 @dataclass

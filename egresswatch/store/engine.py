@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -254,24 +255,21 @@ def open_engine(
 def sqlite_memory() -> int | None:
     """Bytes SQLite holds in this process now (``sqlite3_memory_used``: page caches, schema,
     statements), or ``None`` where the library cannot be asked (a statically linked one)."""
-    global _SQLITE_LIB
-    if _SQLITE_LIB is None:
-        import ctypes
-        import ctypes.util
+    lib = _sqlite_library()
+    return None if lib is None else int(lib.sqlite3_memory_used())
 
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
-            lib.sqlite3_memory_used.restype = ctypes.c_int64
-        except (OSError, AttributeError):
-            _SQLITE_LIB = False
-            return None
-        _SQLITE_LIB = lib
-    if _SQLITE_LIB is False:
+
+@functools.cache
+def _sqlite_library() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+    except (OSError, AttributeError):
         return None
-    return int(_SQLITE_LIB.sqlite3_memory_used())
-
-
-_SQLITE_LIB: Any = None
+    return lib
 
 
 def _first_line(exc: BaseException) -> str:
