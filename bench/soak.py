@@ -37,15 +37,18 @@ second is about 290,000 an hour, so the smallest Python object (16 bytes) kept p
 4.6 MB/hour, and a real per-destination record (100-300 bytes) is 30-90 MB/hour.
 
 The agent's bounded tables take about 15 minutes to fill at the default rate: the SQLite page
-cache (64 MiB, ``egresswatch/store/engine.py``), the destination cache and the DNS correlator
-(65,536 entries each, ``geo/``), the IP facts cache (16,384). A soak shorter than 20 minutes
+cache (16 MiB, ``egresswatch/store/engine.py``), the DNS correlator (65,536 address-name pairs,
+``geo/correlate.py``), the destination and IP facts caches (16,384 entries each, ``geo/``). A soak shorter than 20 minutes
 after its warm-up therefore gives no verdict, only its figures; ``make bench`` runs one as a
 smoke test (the agent keeps up, every handshake is seen), ``make soak`` the hour that decides.
 
 ``--tracemalloc`` runs the agent under ``python -X tracemalloc=N`` (``--trace-frames``) with a
 thread that takes a snapshot after the warm-up and then every ``--trace-every`` seconds and
 writes the biggest growth since the first (by traceback) to ``DIR/tracemalloc.txt``; tracing
-slows the agent several times over, so lower ``--rate`` with it. ``--keep DIR`` keeps the store,
+slows the agent several times over, so lower ``--rate`` with it. ``--census`` is the cheap
+alternative: after the warm-up and every ``--trace-every`` seconds the agent counts its objects
+by type and lists its big containers by owner, with what changed since the census before
+(``DIR/census.txt``); it holds the agent up for about a second each time. ``--keep DIR`` keeps the store,
 logs and samples; ``--report DIR`` prints the report again from a kept DIR.
 
 Needs root and network namespaces; prints why and exits 0 otherwise.
@@ -539,6 +542,76 @@ def traced_agent(argv: list[str], out: Path, first: float, every: float) -> None
     main(argv, prog_name="egresswatch")
 
 
+def census_agent(argv: list[str], out: Path, first: float, every: float) -> None:
+    """``egresswatch`` ARGV with a thread writing a census of its objects to ``out``.
+
+    Far cheaper than tracemalloc (the agent runs at full speed between censuses): after
+    ``first`` seconds and then every ``every``, the count of GC-tracked objects by type, and every
+    big container (a dict, list, set or deque of over 1,000 items, found as a referent of a
+    tracked object, so the untracked dicts of plain values count too) named by its owner and
+    attribute, each with its change since the census before.
+    """
+    import collections
+    import gc
+
+    kinds = (dict, list, set, collections.OrderedDict, collections.deque)
+
+    def owner_of(holder: object, item: object) -> str:
+        if isinstance(holder, dict):
+            for key, value in holder.items():
+                if value is item:
+                    return f"dict[{key!r:.40}]"
+            return "dict"
+        attrs = getattr(holder, "__dict__", None) or {}
+        for key, value in attrs.items():
+            if value is item:
+                return f"{type(holder).__qualname__}.{key}"
+        for key in getattr(type(holder), "__slots__", ()):
+            if getattr(holder, key, None) is item:
+                return f"{type(holder).__qualname__}.{key}"
+        return type(holder).__qualname__
+
+    def take() -> tuple[collections.Counter[str], dict[int, tuple[str, int]]]:
+        counts: collections.Counter[str] = collections.Counter()
+        big: dict[int, tuple[str, int]] = {}
+        for obj in gc.get_objects():
+            counts[type(obj).__qualname__] += 1
+            for ref in gc.get_referents(obj):
+                if isinstance(ref, kinds) and id(ref) not in big and len(ref) > 1000:
+                    big[id(ref)] = (owner_of(obj, ref), len(ref))
+        return counts, big
+
+    def run() -> None:
+        time.sleep(first)
+        mark = first
+        before, big_before = take()
+        while True:
+            with out.open("a") as fh:
+                fh.write(f"\n=== at {mark:.0f} s: {sys.getallocatedblocks():,} blocks ===\n")
+                for name, count in before.most_common(25):
+                    fh.write(f"{count:>10,}  {name}\n")
+                fh.write("--- containers over 1,000 items ---\n")
+                for name, size in sorted(big_before.values(), key=lambda v: -v[1])[:40]:
+                    fh.write(f"{size:>10,}  {name}\n")
+            time.sleep(every)
+            mark += every
+            counts, big = take()
+            with out.open("a") as fh:
+                fh.write(f"\n=== growth to {mark:.0f} s ===\n")
+                for name, delta in (counts - before).most_common(15):
+                    fh.write(f"{delta:>+10,}  {name} (now {counts[name]:,})\n")
+                for key, (name, size) in big.items():
+                    old = big_before.get(key, (name, 0))[1]
+                    if size - old > 500:
+                        fh.write(f"{size - old:>+10,}  container {name} (now {size:,})\n")
+            before, big_before = counts, big
+
+    threading.Thread(target=run, daemon=True).start()
+    from egresswatch.cli import main
+
+    main(argv, prog_name="egresswatch")
+
+
 def _traced(snap: Any) -> int:
     return sum(stat.size for stat in snap.statistics("filename"))
 
@@ -657,7 +730,13 @@ def soak(args: argparse.Namespace) -> int:
                 "--db", str(db), "--policy", str(policy), "--geo-dir", str(REPO / "geo" / "sample"),
                 "--duration", str(total + 120),  # a backstop; stopped with SIGTERM before
             ]  # fmt: skip
-            if args.tracemalloc:
+            if args.census:
+                agent_argv = [
+                    PY, __file__, "--role", "census", "--dir", str(folder),
+                    "--trace-first", str(args.warmup), "--trace-every", str(args.trace_every),
+                    "--", *run_args,
+                ]  # fmt: skip
+            elif args.tracemalloc:
                 agent_argv = [
                     PY, "-X", f"tracemalloc={args.trace_frames}", __file__, "--role", "agent",
                     "--dir", str(folder), "--trace-first", str(args.warmup),
@@ -925,7 +1004,17 @@ def main() -> int:
     parser.add_argument("--print-every", type=float, default=60, help="progress lines, seconds")
     parser.add_argument("--threshold", type=float, default=5, help="flat below this, MB/hour")
     parser.add_argument("--tracemalloc", action="store_true", help="trace the agent's memory")
-    parser.add_argument("--trace-every", type=float, default=120, help="tracemalloc dumps, s")
+    parser.add_argument(
+        "--census",
+        action="store_true",
+        help="write the agent's object counts and growing containers to DIR/census.txt",
+    )
+    parser.add_argument(
+        "--trace-every",
+        type=float,
+        default=120,
+        help="seconds between tracemalloc dumps or censuses",
+    )
     parser.add_argument(
         "--trace-frames", type=int, default=4, help="frames kept per allocation with --tracemalloc"
     )
@@ -939,8 +1028,8 @@ def main() -> int:
         "with a small pool reaches the steady state of per-destination tables within its warm-up",
     )
     # Internal: the parts run inside the namespaces.
-    parser.add_argument("--role", choices=["soak", "server", "client", "agent"], default="soak",
-                        help=argparse.SUPPRESS)  # fmt: skip
+    roles = ["soak", "server", "client", "agent", "census"]
+    parser.add_argument("--role", choices=roles, default="soak", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--trace-first", type=float, default=120, help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -950,6 +1039,9 @@ def main() -> int:
         return 0
     if args.role == "client":
         client(args.duration, args.rate, args.quic_rate, args.names, Path(args.dir) / "client.json")
+        return 0
+    if args.role == "census":
+        census_agent(args.rest, Path(args.dir) / "census.txt", args.trace_first, args.trace_every)
         return 0
     if args.role == "agent":
         traced_agent(

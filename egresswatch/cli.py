@@ -369,6 +369,7 @@ def run(
     A kernel BPF filter passes only handshakes, DNS and what reassembly needs, so bulk
     transfers never reach Python. Stops on Ctrl-C or SIGTERM and prints its counters.
     """
+    from egresswatch import allocator
     from egresswatch.enrichment import EnrichingWriter, ObservationEnricher, OwnEndpoints
     from egresswatch.output import Tee
     from egresswatch.policy import load_policy
@@ -376,6 +377,8 @@ def run(
     from probes.errors import CaptureError, ProbeError
     from probes.live import LiveCapture
 
+    # Before any thread starts: glibc's arenas are per thread (see egresswatch/allocator.py).
+    allocator.tune()
     # A bad policy is refused before the capture opens (exit 2, file and line).
     judged = load_policy(policy_file) if policy_file is not None else None
     retention = _retention(keep, max_db_size)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from egresswatch import allocator
 from egresswatch.agent import DRAIN_SECONDS, drain, observe
 from egresswatch.enrichment import ObservationEnricher
 from egresswatch.errors import EgressWatchError
@@ -256,6 +257,9 @@ class Agent:
     async def _status_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.write_status(running=True)
+            # Free pages back to the system, so RssAnon shows what is in use (a fraction of a
+            # millisecond; see egresswatch/allocator.py).
+            allocator.trim()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=STATUS_SECONDS)
 

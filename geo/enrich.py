@@ -31,7 +31,7 @@ class Enricher:
         intel: IpIntel | None = None,
         correlator: DnsCorrelator | None = None,
         *,
-        cache_size: int = 65536,
+        cache_size: int = 16384,
     ) -> None:
         self.matcher = matcher if matcher is not None else HostMatcher(load_register())
         self.intel = intel

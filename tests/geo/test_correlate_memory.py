@@ -49,7 +49,7 @@ def test_the_enricher_keeps_an_empty_correlator_it_is_given() -> None:
 
 
 def _held(c: DnsCorrelator) -> int:
-    return sum(len(names) for names in c._table.values())
+    return sum(len(entry) // 2 for entry in c._table.values())  # (name, time) pairs
 
 
 def test_the_bound_is_on_names_held_not_only_on_addresses() -> None:
