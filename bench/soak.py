@@ -38,9 +38,10 @@ second is about 290,000 an hour, so the smallest Python object (16 bytes) kept p
 
 The agent's bounded tables take about 15 minutes to fill at the default rate: the SQLite page
 cache (16 MiB, ``egresswatch/store/engine.py``), the DNS correlator (65,536 address-name pairs,
-``geo/correlate.py``), the destination and IP facts caches (16,384 entries each, ``geo/``). A soak shorter than 20 minutes
-after its warm-up therefore gives no verdict, only its figures; ``make bench`` runs one as a
-smoke test (the agent keeps up, every handshake is seen), ``make soak`` the hour that decides.
+``geo/correlate.py``), the destination and IP facts caches (16,384 entries each, ``geo/``).
+A soak shorter than 20 minutes after its warm-up therefore gives no verdict, only its figures;
+``make bench`` runs one as a smoke test (the agent keeps up, every handshake is seen), ``make soak``
+the hour that decides.
 
 ``--tracemalloc`` runs the agent under ``python -X tracemalloc=N`` (``--trace-frames``) with a
 thread that takes a snapshot after the warm-up and then every ``--trace-every`` seconds and
@@ -48,8 +49,8 @@ writes the biggest growth since the first (by traceback) to ``DIR/tracemalloc.tx
 slows the agent several times over, so lower ``--rate`` with it. ``--census`` is the cheap
 alternative: after the warm-up and every ``--trace-every`` seconds the agent counts its objects
 by type and lists its big containers by owner, with what changed since the census before
-(``DIR/census.txt``); it holds the agent up for about a second each time. ``--keep DIR`` keeps the store,
-logs and samples; ``--report DIR`` prints the report again from a kept DIR.
+(``DIR/census.txt``); it holds the agent up for about a second each time. ``--keep DIR`` keeps
+the store, logs and samples; ``--report DIR`` prints the report again from a kept DIR.
 
 Needs root and network namespaces; prints why and exits 0 otherwise.
 """
