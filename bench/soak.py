@@ -73,7 +73,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -537,10 +537,7 @@ def traced_agent(argv: list[str], out: Path, first: float, every: float) -> None
                         fh.write(f"    {line}\n")
             del snap, stats
 
-    threading.Thread(target=dump, daemon=True).start()
-    from egresswatch.cli import main
-
-    main(argv, prog_name="egresswatch")
+    _agent_beside(dump, argv)
 
 
 def census_agent(argv: list[str], out: Path, first: float, every: float) -> None:
@@ -607,7 +604,12 @@ def census_agent(argv: list[str], out: Path, first: float, every: float) -> None
                         fh.write(f"{size - old:>+10,}  container {name} (now {size:,})\n")
             before, big_before = counts, big
 
-    threading.Thread(target=run, daemon=True).start()
+    _agent_beside(run, argv)
+
+
+def _agent_beside(watch: Callable[[], None], argv: list[str]) -> None:
+    """``egresswatch`` ARGV in this process, with ``watch`` on a thread of its own."""
+    threading.Thread(target=watch, daemon=True).start()
     from egresswatch.cli import main
 
     main(argv, prog_name="egresswatch")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any
 
 MAX_NAMES_PER_ADDRESS = 4
 
@@ -32,7 +33,7 @@ class DnsCorrelator:
         # address -> (name, time last answered, name, time, ...), oldest answer first; a flat
         # tuple, not a dict, because most addresses hold one name and a dict costs 200 bytes
         # more (about 12 MB when the table is full). Least recently answered address first.
-        self._table: OrderedDict[str, tuple[str | float, ...]] = OrderedDict()
+        self._table: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self.evicted = 0
         """Addresses dropped to stay within ``max_entries``."""
         self.expired = 0
@@ -84,7 +85,7 @@ class DnsCorrelator:
         while table:
             address = next(iter(table))
             entry = table[address]
-            if max(entry[1::2]) >= cutoff:  # type: ignore[operator]
+            if max(entry[1::2]) >= cutoff:
                 return
             del table[address]
             self._pairs -= len(entry) // 2
@@ -97,7 +98,7 @@ class DnsCorrelator:
             return []
         cutoff = now - self.max_age
         answered: list[tuple[float, str]] = sorted(
-            zip(entry[1::2], entry[0::2], strict=True),  # type: ignore[arg-type]
+            zip(entry[1::2], entry[0::2], strict=True),
             key=lambda pair: -pair[0],
         )
         return [name for ts, name in answered if ts >= cutoff]
