@@ -427,7 +427,6 @@ def run(
     logging.basicConfig(level=logging.INFO, format="egresswatch: %(levelname)s %(message)s")
 
     where = ", ".join(interfaces) if interfaces else "all interfaces"
-    click.echo(f"egresswatch {__version__}: capturing on {where}; Ctrl-C to stop", err=True)
     next_prune = time.monotonic() + PRUNE_SECONDS
 
     def on_idle() -> None:
@@ -461,6 +460,9 @@ def run(
         config,
         on_idle=on_idle,
         early=attributing.prefetch if attributing is not None else None,
+        on_ready=lambda: click.echo(
+            f"egresswatch {__version__}: capturing on {where}; Ctrl-C to stop", err=True
+        ),
     )
     if attributing is not None:
         attributing.pressure = agent.behind

@@ -100,6 +100,7 @@ class Agent:
         *,
         on_idle: Callable[[], None] | None = None,
         early: Callable[[Batch], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
         queue_batches: int = QUEUE_BATCHES,
         queue_observations: int = QUEUE_OBSERVATIONS,
     ) -> None:
@@ -111,6 +112,9 @@ class Agent:
         self.on_idle = on_idle
         self.early = early
         """Called on the capture thread with each batch (process attribution's first look)."""
+        self.on_ready = on_ready
+        """Called once SIGTERM and SIGINT stop the agent cleanly (the "capturing" line: a stop
+        asked for after it flushes and exits 0, not dies of the signal)."""
         self.started = time.time()
         self.counters: dict[str, int] = {
             "queue.batches": 0,
@@ -201,6 +205,8 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.on_ready is not None:
+            self.on_ready()
         thread = threading.Thread(
             target=self._capture, args=(loop,), name="egresswatch-capture", daemon=True
         )
