@@ -113,8 +113,8 @@ class Agent:
         self.early = early
         """Called on the capture thread with each batch (process attribution's first look)."""
         self.on_ready = on_ready
-        """Called once SIGTERM and SIGINT stop the agent cleanly (the "capturing" line: a stop
-        asked for after it flushes and exits 0, not dies of the signal)."""
+        """Called once the SIGTERM and SIGINT handlers are installed (the "capturing" line), so
+        that a stop asked for after it flushes and exits 0 instead of dying of the signal."""
         self.started = time.time()
         self.counters: dict[str, int] = {
             "queue.batches": 0,
