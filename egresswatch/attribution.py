@@ -39,9 +39,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from egresswatch.output import ObservationWriter
+from probes.dns import DNS_PORTS
 from probes.observation import Observation
 from probes.sockets import NotFound, Owner, SocketOwners
 
@@ -55,6 +56,10 @@ BUSY_PENDING = 32
 first-packet look-ups than this are queued."""
 MAX_EARLY = 8192
 """First-packet answers kept for their ClientHello at most (the oldest go first)."""
+EARLY_MAX_AGE = 120.0
+"""Seconds (of capture time) a first-packet answer waits for its ClientHello. A connection
+that has sent none by then (a failed one, or one that is not TLS) will not; without this
+limit their answers would fill the table, however slowly such connections come."""
 UDP_SEEN_SECONDS = 60.0
 """A UDP 4-tuple seen within this many seconds does not start a flow again: a QUIC handshake's
 later long-header packets, and the server's, are not looked up."""
@@ -67,7 +72,9 @@ Flow = tuple[Literal["tcp", "udp"], str, int, str, int]
 
 def flow_start(frame: bytes) -> Flow | None:
     """The flow a raw IPv4/IPv6 packet opens: a TCP SYN without ACK, or a UDP datagram that
-    starts with a QUIC long header (an Initial). None for anything else.
+    starts with a QUIC long header (an Initial). None for anything else, and for DNS (port 53
+    on either side): DNS is not attributed, and a quarter of DNS queries would pass for QUIC
+    (an id whose first two bits are set).
 
     Called for every frame the capture reads, so the common case (not a flow's start) is
     decided from a few bytes, without copying the frame."""
@@ -98,6 +105,8 @@ def flow_start(frame: bytes) -> Flow | None:
     else:
         src, dst = frame[8:24], frame[24:40]
     sport, dport = struct.unpack_from("!HH", frame, start)
+    if sport in DNS_PORTS or dport in DNS_PORTS:
+        return None
     return (
         transport,
         str(ipaddress.ip_address(src)),
@@ -105,6 +114,16 @@ def flow_start(frame: bytes) -> Flow | None:
         str(ipaddress.ip_address(dst)),
         dport,
     )
+
+
+def _drop_older(table: OrderedDict[Any, Any], cutoff: float) -> None:
+    """Drop the entries at the front of ``table`` (oldest first) whose time is before
+    ``cutoff``: the time is the value, or its first item."""
+    while table:
+        key, value = next(iter(table.items()))
+        if (value[0] if isinstance(value, tuple) else value) >= cutoff:
+            return
+        del table[key]
 
 
 class AttributingWriter:
@@ -135,7 +154,7 @@ class AttributingWriter:
         self.busy = 0
         self._pending = 0
         self._lock = threading.Lock()
-        self._answers: OrderedDict[Flow, Future[Owner | NotFound]] = OrderedDict()
+        self._answers: OrderedDict[Flow, tuple[float, Future[Owner | NotFound]]] = OrderedDict()
         self._udp_seen: OrderedDict[tuple[str, int, str, int], float] = OrderedDict()
         self.lineage: OrderedDict[int, tuple[int, ...]] = OrderedDict()
         """pid -> its ancestors when it was first read (:attr:`probes.sockets.Owner.ancestors`),
@@ -159,10 +178,12 @@ class AttributingWriter:
             future = self._pool.submit(self.owners.lookup, *flow, first_packet=True)
             future.add_done_callback(self._done)
             with self._lock:
-                self._answers[flow] = future
-                self._answers.move_to_end(flow)
-                if len(self._answers) > MAX_EARLY:
-                    self._answers.popitem(last=False)
+                answers = self._answers
+                answers[flow] = (ts, future)
+                answers.move_to_end(flow)
+                if len(answers) > MAX_EARLY:
+                    answers.popitem(last=False)
+                _drop_older(answers, ts - EARLY_MAX_AGE)
 
     def _udp_again(self, flow: Flow, ts: float) -> bool:
         """Whether this UDP 4-tuple (either way round) was seen lately; remember it."""
@@ -177,6 +198,7 @@ class AttributingWriter:
         seen.move_to_end(key)
         if len(seen) > MAX_EARLY:
             seen.popitem(last=False)
+        _drop_older(seen, ts - UDP_SEEN_SECONDS)
         return False
 
     def _done(self, _future: Future[Owner | NotFound]) -> None:
@@ -196,7 +218,7 @@ class AttributingWriter:
             busy = self._pending >= BUSY_PENDING
         found: Owner | NotFound | None = None
         if early is not None:
-            found = self._wait(early)
+            found = self._wait(early[1])
             if isinstance(found, Owner):
                 self.early_used += 1
         if found is None or (isinstance(found, NotFound) and found.reason == "no_process"):
@@ -253,5 +275,7 @@ class AttributingWriter:
             "proc.early_skipped": self.early_skipped,
             "proc.early_used": self.early_used,
             "proc.busy": self.busy,
-            **{f"proc.{k}": v for k, v in self._pool.submit(self.owners.stats).result().items()},
+            # Read from here, not on the table's thread: counters and sizes, never a wait
+            # behind queued look-ups (the status is written from the event loop).
+            **{f"proc.{k}": v for k, v in self.owners.stats().items()},
         }

@@ -466,6 +466,7 @@ def run(
     )
     if attributing is not None:
         attributing.pressure = agent.behind
+        config.extra_counters.append(attributing.stats)
     try:
         asyncio.run(agent.run())
     except ProbeError as exc:

@@ -86,6 +86,8 @@ class AgentConfig:
     the store's last flush."""
     status_extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
     """More entries for the status, each computed when it is written (e.g. ``fleet``)."""
+    extra_counters: list[Callable[[], dict[str, int]]] = field(default_factory=list)
+    """More counters for the status (process attribution's), read when it is written."""
 
 
 class Agent:
@@ -293,6 +295,7 @@ class Agent:
             **self.sensor_stats(),
             **{f"capture.{k}": v for k, v in self.capture.stats().items()},
             **self.counters,
+            **{k: v for counters in self.config.extra_counters for k, v in counters().items()},
             **_memory(),
         }
         return {

@@ -22,13 +22,18 @@ How
    executable are the same (a process is read once per ``exec``, not per flow). A miss
    refreshes the table: first only the young pids, those that appeared in a listing
    of /proc less than ``young`` seconds ago (newest first: a short-lived ``curl`` is a new
-   pid), then the other pids, those that held sockets before first, stopping at the one that
-   holds the inode; a pass that finds nothing is not repeated within ``full_scan_interval``
-   seconds. So no lookup costs a whole /proc scan except a rate-limited one, and lookups are
-   per flow, not per packet (3.).
+   pid), then the few processes most recently named (:data:`RECENT_OWNERS`: a long-running
+   client opens connection after connection), then the other pids, those that
+   held sockets before first, stopping at the one that holds the inode; a full pass that finds
+   nothing is not repeated within ``full_scan_interval`` seconds. So no lookup costs a whole
+   /proc scan except a rate-limited one, and lookups are per flow, not per packet (3.).
 3. **Per flow, once.** What was found is kept per flow in a bounded table, so the ClientHello
    of a flow (or a later packet) gets the answer found at its first packet, even after the
    process exited.
+
+Both tables are bounded by size and by age (:data:`FLOW_MAX_AGE`, :data:`INODE_MAX_AGE`): each
+connection brings a new flow and a new inode, so without the age limit they would fill to
+their size limit however slowly connections come, and the agent's memory would creep for hours.
 
 When to look up
 ===============
@@ -134,15 +139,32 @@ class NotFound:
 
 
 class Bounded(Generic[K, V]):
-    """A dict with a maximum size that drops the least recently used entry to make room."""
+    """A dict with a maximum size that drops the least recently used entry to make room and,
+    with ``max_age``, the entries not used for longer than ``max_age`` seconds (by ``clock``).
 
-    def __init__(self, limit: int) -> None:
+    Without an age limit a table that only ever receives new keys (flows, socket inodes) grows
+    until it is full, however slowly; with one it holds what the last ``max_age`` seconds
+    brought, so its size follows the current rate instead of all history.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        max_age: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if limit < 1:
             msg = f"a bounded table needs room for one entry, not {limit!r}"
             raise ValueError(msg)
         self.limit = limit
+        self.max_age = max_age
         self.evictions = 0
-        self._items: OrderedDict[K, V] = OrderedDict()
+        """Entries dropped to make room."""
+        self.expired = 0
+        """Entries dropped for age."""
+        self._clock = clock
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -151,23 +173,44 @@ class Bounded(Generic[K, V]):
         return key in self._items
 
     def get(self, key: K) -> V | None:
-        """The value of ``key`` (now the most recently used), or ``None``."""
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+        """The value of ``key`` (now the most recently used), or ``None`` (also when it has
+        not been used for ``max_age`` seconds)."""
+        item = self._items.get(key)
+        if item is None:
+            return None
+        now = self._clock()
+        if self.max_age is not None and now - item[0] > self.max_age:
+            del self._items[key]
+            self.expired += 1
+            return None
+        self._items[key] = (now, item[1])
+        self._items.move_to_end(key)
+        return item[1]
 
     def put(self, key: K, value: V) -> None:
-        """Set ``key``; drop the least recently used entry if the table is full."""
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.limit:
-            self._items.popitem(last=False)
+        """Set ``key``; drop the entries too old to keep, then the least recently used ones
+        while the table is over its limit."""
+        now = self._clock()
+        items = self._items
+        items[key] = (now, value)
+        items.move_to_end(key)
+        if self.max_age is not None:
+            # Least recently used first: the stale entries are at the front.
+            cutoff = now - self.max_age
+            while True:
+                oldest = next(iter(items))
+                if items[oldest][0] >= cutoff:
+                    break
+                del items[oldest]
+                self.expired += 1
+        while len(items) > self.limit:
+            items.popitem(last=False)
             self.evictions += 1
 
     def pop(self, key: K) -> V | None:
         """Remove ``key``; its value, or ``None``."""
-        return self._items.pop(key, None)
+        item = self._items.pop(key, None)
+        return None if item is None else item[1]
 
     def keys(self) -> list[K]:
         """Keys from least to most recently used."""
@@ -189,6 +232,18 @@ class _Proc:
 
 FlowKey = tuple[str, bytes, int, bytes, int]
 
+FLOW_MAX_AGE = 300.0
+"""Seconds a flow's answer is kept after its last use: its ClientHello follows its first
+packet within a round trip or two, so five minutes is ample, and a host that makes a new
+connection every few seconds does not fill the table over a day."""
+RECENT_OWNERS = 8
+"""The processes most recently named by a lookup, whose fd tables a miss reads before (and
+whatever the rate limit of) a full scan."""
+INODE_MAX_AGE = 600.0
+"""Seconds a socket inode a scan saw is kept unused: most are looked up within seconds of the
+scan that found them (a connection pool opening several at once), or never (sockets closed
+since)."""
+
 
 class SocketOwners:
     """Find the local process of a TCP or UDP flow: sock_diag for the inode, /proc for the pid.
@@ -204,6 +259,8 @@ class SocketOwners:
         max_flows: int = 16384,
         max_inodes: int = 65536,
         max_procs: int = 4096,
+        flow_max_age: float = FLOW_MAX_AGE,
+        inode_max_age: float = INODE_MAX_AGE,
         full_scan_interval: float = 1.0,
         young: float = 2.0,
         proc: str = "/proc",
@@ -215,9 +272,13 @@ class SocketOwners:
         self._clock = clock
         self.full_scan_interval = full_scan_interval
         self.young = young
-        self._flows: Bounded[FlowKey, Owner] = Bounded(max_flows)
-        self._inodes: Bounded[int, tuple[int, int]] = Bounded(max_inodes)
+        self._flows: Bounded[FlowKey, Owner] = Bounded(max_flows, max_age=flow_max_age, clock=clock)
+        self._inodes: Bounded[int, tuple[int, int]] = Bounded(
+            max_inodes, max_age=inode_max_age, clock=clock
+        )
         self._procs: Bounded[int, _Proc] = Bounded(max_procs)
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        """The last :data:`RECENT_OWNERS` processes named, most recent last."""
         self._first_seen: dict[int, float] = {}
         """pid -> when a refresh first listed it (-inf: in the first listing)."""
         self._last_full = -float("inf")
@@ -228,6 +289,7 @@ class SocketOwners:
                 "flow_hits",
                 "inode_hits",
                 "refreshes",
+                "recent_hits",
                 "full_scans",
                 "full_scans_skipped",
                 "scanned_pids",
@@ -293,6 +355,12 @@ class SocketOwners:
         self._counts["attributed"] += 1
         if result.source == "remembered":
             self._counts["remembered"] += 1
+        else:
+            recent = self._recent
+            recent[result.pid] = None
+            recent.move_to_end(result.pid)
+            if len(recent) > RECENT_OWNERS:
+                recent.popitem(last=False)
         self._flows.put(key, result)
         return result
 
@@ -310,19 +378,23 @@ class SocketOwners:
         - ``lookups``: calls of :meth:`lookup`; ``flow_hits``: answered from the flow table;
         - ``inode_hits``: the inode table named a pid that still held the socket;
         - ``refreshes``: misses that read /proc; ``scanned_pids``: fd tables read by them;
+          ``recent_hits``: refreshes answered by the :data:`RECENT_OWNERS` processes named
+          most recently;
         - ``full_scans``: refreshes that went on to the pids seen before;
           ``full_scans_skipped``: ones refused because the last one was too recent;
         - ``attributed``: lookups (not flow hits) that named a process, ``remembered`` of them
           from a scan's memory; ``no_socket``, ``orphaned``, ``no_process``: the
           :class:`NotFound` reasons; ``diag_errors``: netlink requests that failed;
         - ``flows``, ``inodes``, ``procs``: table sizes; ``evictions``: entries dropped by the
-          three tables to stay within their limits.
+          three tables to stay within their limits; ``expired``: flows and inodes dropped for
+          age (:data:`FLOW_MAX_AGE`, :data:`INODE_MAX_AGE`).
         """
         out = dict(self._counts)
         out["flows"] = len(self._flows)
         out["inodes"] = len(self._inodes)
         out["procs"] = len(self._procs)
         out["evictions"] = self._flows.evictions + self._inodes.evictions + self._procs.evictions
+        out["expired"] = self._flows.expired + self._inodes.expired
         return out
 
     # -- the kernel ---------------------------------------------------------------------------
@@ -416,12 +488,20 @@ class SocketOwners:
         found = self._scan(fresh, inode)
         if found is not None:
             return found
+        # Processes that held sockets before (most recently seen first) open most new ones:
+        # the few most recent are read every time (a long-running client, an editor's
+        # language server, opens connection after connection), the rest in a full scan.
+        seen = set(fresh)
+        recent = [pid for pid in reversed(self._recent) if pid in live and pid not in seen]
+        found = self._scan(recent, inode)
+        if found is not None:
+            self._counts["recent_hits"] += 1
+            return found
         if now - self._last_full < self.full_scan_interval:
             self._counts["full_scans_skipped"] += 1
             return None
         self._counts["full_scans"] += 1
-        # Processes that held sockets before (most recently seen first) open most new ones.
-        seen = set(fresh)
+        seen.update(recent)
         owners = [pid for pid in reversed(self._procs.keys()) if pid in live and pid not in seen]
         seen.update(owners)
         found = self._scan([*owners, *(pid for pid in pids if pid not in seen)], inode)

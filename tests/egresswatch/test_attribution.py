@@ -6,7 +6,14 @@ from __future__ import annotations
 import threading
 
 from bench.synth import ACK, PSH, SYN, ip_frame, quic_initial_datagrams, tcp_segment, udp_datagram
-from egresswatch.attribution import BUSY_PENDING, MAX_PENDING, AttributingWriter, flow_start
+from egresswatch.attribution import (
+    BUSY_PENDING,
+    EARLY_MAX_AGE,
+    MAX_PENDING,
+    UDP_SEEN_SECONDS,
+    AttributingWriter,
+    flow_start,
+)
 from probes.observation import Observation
 from probes.sockets import NotFound, Owner
 from tests.factories import KeptObservations
@@ -39,6 +46,14 @@ def test_a_quic_initial_opens_a_udp_flow_and_dns_does_not() -> None:
     )  # fmt: skip
     dns = udp_datagram(50001, 53, b"\x12\x34\x01\x00" + b"\x00" * 8)
     assert flow_start(_raw("10.0.0.2", "192.0.2.53", 17, dns)) is None
+    # A query id whose first two bits are set looks like a long header: port 53 says DNS.
+    dns = udp_datagram(50001, 53, b"\xc2\x34\x01\x00" + b"\x00" * 8)
+    assert flow_start(_raw("10.0.0.2", "192.0.2.53", 17, dns)) is None
+
+
+def test_dns_over_tcp_is_not_a_flow_to_attribute() -> None:
+    syn = tcp_segment(40000, 53, 1, 0, SYN, b"")
+    assert flow_start(_raw("10.0.0.2", "192.0.2.53", 6, syn)) is None
 
 
 def test_short_or_odd_frames_are_ignored() -> None:
@@ -189,4 +204,25 @@ def test_a_pipeline_that_is_behind_sheds_lookups_not_connections() -> None:
     assert table.calls == [("tcp", 40004, True)]
     stats = writer.stats()
     assert (stats["proc.early_skipped"], stats["proc.busy"]) == (1, 1)
+    writer.shutdown()
+
+
+def test_answers_no_hello_came_for_are_dropped_with_age() -> None:
+    # Connections that never send a ClientHello (failed, or not TLS) leave their first-packet
+    # answers behind: they are dropped once older than EARLY_MAX_AGE of capture time, and the
+    # UDP 4-tuples once older than UDP_SEEN_SECONDS, so neither table keeps all history.
+    writer, table, kept, _ = _writer({40006: _owner(6)})
+    initial = quic_initial_datagrams("api.example.com", 1)[0]
+    for i in range(50):
+        ts = i * 10.0
+        syn = _raw("10.0.0.2", "192.0.2.1", 6, tcp_segment(30000 + i, 443, 1, 0, SYN, b""))
+        quic = _raw("10.0.0.2", "192.0.2.1", 17, udp_datagram(20000 + i, 443, initial))
+        writer.prefetch([(ts, 101, syn), (ts, 101, quic)])
+    assert len(writer._answers) == 2 * (EARLY_MAX_AGE // 10 + 1)
+    assert len(writer._udp_seen) == UDP_SEEN_SECONDS // 10 + 1
+    # A hello within the limit still gets its answer.
+    writer.prefetch([(500.0, 101, _syn(40006)[2])])
+    writer.write(_hello(40006))
+    assert kept.seen[0].extra["pid"] == 6
+    assert len(table.calls) == 101
     writer.shutdown()

@@ -260,6 +260,40 @@ def test_full_scans_are_rate_limited(listener: socket.socket) -> None:
         os.close(fds[0])
 
 
+def test_a_recent_owner_is_read_whatever_the_rate_limit(listener: socket.socket) -> None:
+    # This process is old (in the first listing, not young) and opens connection after
+    # connection: once it has held a socket, its new ones are found even while full scans are
+    # rate-limited by a miss just before.
+    now = [100.0]
+    here, there = socket.socketpair()
+    with here, there, SocketOwners(full_scan_interval=5.0, clock=lambda: now[0]) as owners:
+        first = socket.create_connection(listener.getsockname())
+        flow = ("127.0.0.1", first.getsockname()[1], *listener.getsockname())
+        found = owners.lookup("tcp", *flow, first_packet=True)
+        assert isinstance(found, Owner) and found.pid == os.getpid()
+        # a miss: the socket is in flight in a message, no fd table holds it
+        lost = socket.create_connection(listener.getsockname())
+        lost_flow = ("127.0.0.1", lost.getsockname()[1], *listener.getsockname())
+        socket.send_fds(here, [b"x"], [lost.fileno()])
+        lost.close()
+        missed = owners.lookup("tcp", *lost_flow, first_packet=True)
+        assert isinstance(missed, NotFound) and missed.reason == "no_process"
+        second = socket.create_connection(listener.getsockname())
+        flow = ("127.0.0.1", second.getsockname()[1], *listener.getsockname())
+        found = owners.lookup("tcp", *flow, first_packet=True)
+        assert isinstance(found, Owner), found
+        assert (found.pid, found.source) == (os.getpid(), "live")
+        stats = owners.stats()
+        assert stats["recent_hits"] == 1
+        assert stats["full_scans"] == 2  # the first connection's and the miss's
+        _, fds, _, _ = socket.recv_fds(there, 16, 1)
+        os.close(fds[0])
+        for sock in (first, second):
+            sock.close()
+        for _ in range(3):
+            listener.accept()[0].close()
+
+
 @pytest.mark.root
 @pytest.mark.netns
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -340,6 +374,51 @@ def test_bounded_table_keeps_the_most_recently_used(
         assert table.keys() == model
         assert len(table) <= limit
     assert table.evictions == evicted
+
+
+@given(
+    limit=st.integers(1, 8),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["put", "get", "wait"]), st.integers(0, 12)), max_size=60
+    ),
+)
+def test_bounded_table_forgets_what_was_not_used_for_max_age(
+    limit: int, ops: list[tuple[str, int]]
+) -> None:
+    now = [0.0]
+    table: Bounded[int, int] = Bounded(limit, max_age=10.0, clock=lambda: now[0])
+    used: dict[int, float] = {}  # key -> last use, least recently used first
+    for op, key in ops:
+        if op == "wait":
+            now[0] += key  # 0-12 seconds
+            continue
+        fresh = key in used and now[0] - used[key] <= 10.0
+        if op == "get":
+            assert table.get(key) == (key * 10 if fresh else None)
+            used.pop(key, None)
+            if fresh:
+                used[key] = now[0]
+            continue
+        table.put(key, key * 10)
+        used.pop(key, None)
+        used[key] = now[0]
+        for old in [k for k, t in used.items() if now[0] - t > 10.0]:
+            del used[old]
+        while len(used) > limit:
+            del used[next(iter(used))]
+        assert table.keys() == list(used)
+    assert len(table) <= limit
+
+
+def test_a_table_with_max_age_holds_the_current_rate_not_all_history() -> None:
+    now = [0.0]
+    table: Bounded[int, int] = Bounded(100_000, max_age=60.0, clock=lambda: now[0])
+    for key in range(10_000):  # ten new keys a second for 1,000 seconds
+        now[0] = key / 10
+        table.put(key, key)
+    assert len(table) == 601  # the last minute, and the key put now
+    assert table.expired == 10_000 - 601
+    assert table.evictions == 0
 
 
 def test_bounded_table_needs_room() -> None:
