@@ -116,6 +116,10 @@ class Collector:
         self._max_backoff = max_backoff
         self._timeout = timeout
         self.stats = CollectorStats()
+        self.subscribed = asyncio.Event()
+        """Set once the broker has acknowledged the first subscription. MQTT keeps messages
+        only for subscriptions that exist: what hosts publish before a collector's first
+        subscription (its persistent session) reaches no one."""
 
     # -- writing (synchronous: runs in a worker thread) ----------------------------------------
 
@@ -245,6 +249,7 @@ class Collector:
         async def session(client: aiomqtt.Client) -> None:
             self.stats.connects += 1
             await client.subscribe([(t, 1) for t in TOPICS])
+            self.subscribed.set()
             log.info("collecting from %s", self.config.describe())
             await _until_stopped(self._consume(client), stop)
 

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from egresswatch.fleet.broker import encode, parse_broker_url
-from egresswatch.fleet.collector import Collector, Outcome, collect_forever
+from egresswatch.fleet.collector import Collector, Outcome
 from egresswatch.fleet.publisher import Publisher, instance_id, publish_forever
 from egresswatch.store import StoreWriter, open_engine
 from egresswatch.store.models import (
@@ -44,6 +44,33 @@ FAST_COL: dict[str, Any] = {"min_backoff": 0.05, "max_backoff": 0.3, "timeout": 
 COMPARED = ("observations", "hourly", "daily", "weekly", "totals", "daily_facets", "violations")
 
 pytestmark = [pytest.mark.mosquitto]
+
+
+async def collecting(
+    url: str,
+    fleet: Engine,
+    *,
+    stop: asyncio.Event,
+    environ: dict[str, str] | None = None,
+    **options: Any,
+) -> asyncio.Task[Collector]:
+    """A collector running until ``stop``, returned once its subscription is in place: what a
+    host publishes before the collector's first subscription reaches no one (MQTT keeps
+    messages only for subscriptions that exist), so a test that started both at once raced."""
+    collector = Collector(fleet, parse_broker_url(url, environ), **options)
+
+    async def run() -> Collector:
+        await collector.run(stop)
+        return collector
+
+    task = asyncio.create_task(run())
+    waiting = asyncio.create_task(collector.subscribed.wait())
+    await asyncio.wait({task, waiting}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if task.done():
+        await task  # it failed: say why
+    assert collector.subscribed.is_set(), "the collector did not subscribe within 20 s"
+    return task
 
 
 def violation(i: int) -> Observation:
@@ -170,7 +197,7 @@ def test_violations_and_observations_reach_postgres_row_for_row(
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        col = asyncio.create_task(collect_forever(broker.url, fleet, stop=stop, **FAST_COL))
+        col = await collecting(broker.url, fleet, stop=stop, **FAST_COL)
         pub = asyncio.create_task(publish_forever(host, broker.url, stop=stop, **FAST_PUB))
         for part in range(4):  # four flushes: the same hourly rows are upserted again
             write(writer, [violation(i) for i in range(part * 10, part * 10 + 10)])
@@ -205,7 +232,7 @@ def test_broker_stopped_and_restarted_every_violation_arrives_exactly_once(
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        col = asyncio.create_task(collect_forever(broker.url, fleet, stop=stop, **FAST_COL))
+        col = await collecting(broker.url, fleet, stop=stop, **FAST_COL)
         pub = asyncio.create_task(publish_forever(host, broker.url, stop=stop, **FAST_PUB))
         write(writer, [violation(i) for i in range(0, 50)])
         await until(lambda: count(fleet, ViolationRecord) == 50, what="first 50")
@@ -251,7 +278,7 @@ def test_publisher_cancelled_mid_drain_resumes_without_loss_or_double_count(
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        col = asyncio.create_task(collect_forever(broker.url, fleet, stop=stop, **FAST_COL))
+        col = await collecting(broker.url, fleet, stop=stop, **FAST_COL)
         pub_stop = asyncio.Event()
         pub = asyncio.create_task(
             publish_forever(host, broker.url, stop=pub_stop, batch=20, **FAST_PUB)
@@ -406,7 +433,7 @@ def test_a_recreated_store_reuses_outbox_ids_without_collision(
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        col = asyncio.create_task(collect_forever(broker.url, fleet, stop=stop, **FAST_COL))
+        col = await collecting(broker.url, fleet, stop=stop, **FAST_COL)
         pubs = [
             asyncio.create_task(publish_forever(e, broker.url, stop=stop, **FAST_PUB))
             for e in (first, second)
@@ -463,7 +490,7 @@ def test_password_from_the_environment(
         assert count(host, OutboxMessage) > 0
 
         stop = asyncio.Event()
-        col = asyncio.create_task(collect_forever(url, fleet, stop=stop, environ=good, **FAST_COL))
+        col = await collecting(url, fleet, stop=stop, environ=good, **FAST_COL)
         pub = asyncio.create_task(publish_forever(host, url, stop=stop, environ=good, **FAST_PUB))
         await until(lambda: count(fleet, ViolationRecord) == 5, what="5 violations")
         await stopped(stop, col, pub)
@@ -578,9 +605,7 @@ def test_tls_with_the_ca_from_the_environment(
         assert count(host, OutboxMessage) > 0
 
         stop = asyncio.Event()
-        col = asyncio.create_task(
-            collect_forever(broker.url, fleet, stop=stop, environ=env, **FAST_COL)
-        )
+        col = await collecting(broker.url, fleet, stop=stop, environ=env, **FAST_COL)
         pub = asyncio.create_task(
             publish_forever(host, broker.url, stop=stop, environ=env, **FAST_PUB)
         )
