@@ -39,7 +39,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Literal
+from operator import itemgetter
+from typing import Any, Literal, TypeVar
 
 from egresswatch.output import ObservationWriter
 from probes.dns import DNS_PORTS
@@ -65,6 +66,8 @@ UDP_SEEN_SECONDS = 60.0
 later long-header packets, and the server's, are not looked up."""
 MAX_LINEAGE = 4096
 """Processes whose ancestors :attr:`AttributingWriter.lineage` keeps at most."""
+
+V = TypeVar("V")
 
 Flow = tuple[Literal["tcp", "udp"], str, int, str, int]
 """(transport, source address, source port, destination address, destination port)."""
@@ -116,12 +119,12 @@ def flow_start(frame: bytes) -> Flow | None:
     )
 
 
-def _drop_older(table: OrderedDict[Any, Any], cutoff: float) -> None:
+def _drop_older(table: OrderedDict[Any, V], cutoff: float, time_of: Callable[[V], float]) -> None:
     """Drop the entries at the front of ``table`` (oldest first) whose time is before
-    ``cutoff``: the time is the value, or its first item."""
+    ``cutoff``."""
     while table:
         key, value = next(iter(table.items()))
-        if (value[0] if isinstance(value, tuple) else value) >= cutoff:
+        if time_of(value) >= cutoff:
             return
         del table[key]
 
@@ -183,7 +186,7 @@ class AttributingWriter:
                 answers.move_to_end(flow)
                 if len(answers) > MAX_EARLY:
                     answers.popitem(last=False)
-                _drop_older(answers, ts - EARLY_MAX_AGE)
+                _drop_older(answers, ts - EARLY_MAX_AGE, itemgetter(0))
 
     def _udp_again(self, flow: Flow, ts: float) -> bool:
         """Whether this UDP 4-tuple (either way round) was seen lately; remember it."""
@@ -198,7 +201,7 @@ class AttributingWriter:
         seen.move_to_end(key)
         if len(seen) > MAX_EARLY:
             seen.popitem(last=False)
-        _drop_older(seen, ts - UDP_SEEN_SECONDS)
+        _drop_older(seen, ts - UDP_SEEN_SECONDS, lambda last: last)
         return False
 
     def _done(self, _future: Future[Owner | NotFound]) -> None:
